@@ -1,0 +1,37 @@
+//! All SQL of the API, in small named functions. Handlers parse, call these and map errors.
+
+pub mod agents;
+pub mod queue;
+pub mod runs;
+pub mod tasks;
+
+use chrono::{DateTime, Utc};
+pub use deadpool_postgres::GenericClient as Db;
+use serde_json::Value;
+use tokio_postgres::Error;
+use uuid::Uuid;
+
+/// The database's clock (inside a transaction: the transaction's start).
+pub async fn now(c: &impl Db) -> Result<DateTime<Utc>, Error> {
+    let st = c.prepare_cached("SELECT now()").await?;
+    Ok(c.query_one(&st, &[]).await?.get(0))
+}
+
+/// One audit record; call it inside the mutation's transaction.
+pub async fn audit(
+    c: &impl Db,
+    actor: Uuid,
+    action: &str,
+    subject_type: &str,
+    subject_id: &str,
+    details: &Value,
+) -> Result<(), Error> {
+    let st = c
+        .prepare_cached(
+            "INSERT INTO audit_log (actor, action, subject_type, subject_id, details) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .await?;
+    c.execute(&st, &[&actor, &action, &subject_type, &subject_id, details])
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! The queue as operators see it: counts, dead work, workers, liveness of the other processes.
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::Error;
+
+use super::Db;
+use crate::input::Page;
+use crate::models::{DeadWork, PriorityCount, QueueSummary, Worker, DEAD_COLUMNS};
+
+/// A worker heartbeats every 5 s; three missed beats and it counts as gone.
+pub const WORKER_ALIVE_SECONDS: i32 = 15;
+/// The scheduler counts as running when its heartbeat is this recent.
+pub const SCHEDULER_ALIVE_SECONDS: i32 = 30;
+
+pub async fn summary(c: &impl Db) -> Result<QueueSummary, Error> {
+    let st = c
+        .prepare_cached(
+            "SELECT priority,
+                    count(*) FILTER (WHERE state = 'pending' AND ready_at <= now()
+                                     AND (locked_until IS NULL OR locked_until <= now())),
+                    count(*) FILTER (WHERE state = 'pending' AND ready_at > now()
+                                     AND (locked_until IS NULL OR locked_until <= now())),
+                    count(*) FILTER (WHERE state = 'pending' AND locked_until > now()),
+                    count(*) FILTER (WHERE state = 'dead'),
+                    extract(epoch FROM now() - min(ready_at) FILTER (WHERE state = 'pending' AND ready_at <= now()
+                                     AND (locked_until IS NULL OR locked_until <= now())))::float8
+               FROM due_work GROUP BY priority ORDER BY priority",
+        )
+        .await?;
+    let rows = c.query(&st, &[]).await?;
+    let mut s = QueueSummary {
+        ready: 0,
+        scheduled: 0,
+        leased: 0,
+        dead: 0,
+        oldest_ready_age_seconds: None,
+        by_priority: Vec::new(),
+    };
+    let mut by = BTreeMap::new();
+    for r in rows {
+        let priority: i16 = r.get(0);
+        let (ready, scheduled, leased, dead): (i64, i64, i64, i64) =
+            (r.get(1), r.get(2), r.get(3), r.get(4));
+        let age: Option<f64> = r.get(5);
+        s.ready += ready;
+        s.scheduled += scheduled;
+        s.leased += leased;
+        s.dead += dead;
+        if let Some(a) = age {
+            s.oldest_ready_age_seconds =
+                Some(s.oldest_ready_age_seconds.map_or(a, |o: f64| o.max(a)));
+        }
+        by.insert(priority, (ready, scheduled));
+    }
+    s.by_priority = by
+        .into_iter()
+        .map(|(priority, (ready, scheduled))| PriorityCount {
+            priority: priority as i32,
+            ready,
+            scheduled,
+        })
+        .collect();
+    Ok(s)
+}
+
+pub async fn list_dead(c: &impl Db, page: Page) -> Result<(Vec<DeadWork>, i64), Error> {
+    let st = c
+        .prepare_cached(&format!(
+            "SELECT {DEAD_COLUMNS} FROM due_work d WHERE d.state = 'dead'
+              ORDER BY d.dead_at DESC NULLS LAST, d.id DESC LIMIT $1 OFFSET $2"
+        ))
+        .await?;
+    let rows = c.query(&st, &[&page.limit, &page.offset]).await?;
+    let count = c
+        .prepare_cached("SELECT count(*) FROM due_work WHERE state = 'dead'")
+        .await?;
+    let total: i64 = c.query_one(&count, &[]).await?.get(0);
+    Ok((rows.iter().map(DeadWork::from_row).collect(), total))
+}
+
+/// The dead row (locked) and its task's status.
+pub async fn lock_dead(c: &impl Db, id: i64) -> Result<Option<(uuid::Uuid, String)>, Error> {
+    let st = c
+        .prepare_cached(
+            "SELECT d.task_id, t.status FROM due_work d JOIN task t ON t.id = d.task_id
+              WHERE d.id = $1 AND d.state = 'dead' FOR UPDATE OF d",
+        )
+        .await?;
+    Ok(c.query_opt(&st, &[&id])
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+/// Puts a dead row back in the queue: pending, attempt 0, due now, unleased.
+pub async fn replay_dead(c: &impl Db, id: i64) -> Result<u64, Error> {
+    let st = c
+        .prepare_cached(
+            "UPDATE due_work SET state = 'pending', attempt = 0, ready_at = now(), locked_by = NULL,
+                    locked_until = NULL, dead_at = NULL
+              WHERE id = $1 AND state = 'dead'",
+        )
+        .await?;
+    c.execute(&st, &[&id]).await
+}
+
+pub async fn delete_dead(c: &impl Db, id: i64) -> Result<Option<uuid::Uuid>, Error> {
+    let st = c
+        .prepare_cached("DELETE FROM due_work WHERE id = $1 AND state = 'dead' RETURNING task_id")
+        .await?;
+    Ok(c.query_opt(&st, &[&id]).await?.map(|r| r.get(0)))
+}
+
+pub async fn workers(c: &impl Db) -> Result<Vec<Worker>, Error> {
+    let st = c
+        .prepare_cached(
+            "SELECT worker_id, hostname, pid, started_at, last_seen, processed, failed, in_flight, state,
+                    last_seen > now() - make_interval(secs => $1::int)
+               FROM worker_heartbeat ORDER BY last_seen DESC, worker_id",
+        )
+        .await?;
+    Ok(c.query(&st, &[&WORKER_ALIVE_SECONDS])
+        .await?
+        .iter()
+        .map(|r| Worker {
+            worker_id: r.get(0),
+            hostname: r.get(1),
+            pid: r.get(2),
+            started_at: r.get(3),
+            last_seen: r.get(4),
+            processed: r.get(5),
+            failed: r.get(6),
+            in_flight: r.get(7),
+            state: r.get(8),
+            alive: r.get(9),
+        })
+        .collect())
+}
+
+/// (schedulers seen recently, workers alive).
+pub async fn liveness(c: &impl Db) -> Result<(i64, i64), Error> {
+    let st = c
+        .prepare_cached(
+            "SELECT (SELECT count(*) FROM scheduler_heartbeat WHERE last_seen > now() - make_interval(secs => $1::int)),
+                    (SELECT count(*) FROM worker_heartbeat WHERE last_seen > now() - make_interval(secs => $2::int)
+                        AND state <> 'stopped')",
+        )
+        .await?;
+    let r = c
+        .query_one(&st, &[&SCHEDULER_ALIVE_SECONDS, &WORKER_ALIVE_SECONDS])
+        .await?;
+    Ok((r.get(0), r.get(1)))
+}
+
+pub async fn ping(c: &impl Db) -> Result<(), Error> {
+    let st = c.prepare_cached("SELECT 1").await?;
+    c.query_one(&st, &[]).await?;
+    Ok(())
+}

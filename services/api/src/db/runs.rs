@@ -1,0 +1,128 @@
+//! Run history and its statistics.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Error;
+use uuid::Uuid;
+
+use super::Db;
+use crate::input::Page;
+use crate::models::{Run, RunStats, RUN_COLUMNS};
+
+pub struct RunFilter {
+    pub task_id: Option<Uuid>,
+    pub success: Option<bool>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub owner: Option<Uuid>,
+}
+
+const RUN_WHERE: &str = "($1::uuid IS NULL OR r.task_id = $1) AND ($2::bool IS NULL OR r.success = $2)
+     AND ($3::timestamptz IS NULL OR r.finished_at >= $3) AND ($4::timestamptz IS NULL OR r.finished_at < $4)
+     AND ($5::uuid IS NULL OR t.created_by = $5)";
+
+pub async fn list(
+    c: &impl Db,
+    f: &RunFilter,
+    page: Page,
+    include_errors: bool,
+) -> Result<(Vec<Run>, i64), Error> {
+    let st = c
+        .prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS} FROM task_run r JOIN task t ON t.id = r.task_id
+              WHERE {RUN_WHERE} ORDER BY r.finished_at DESC, r.id DESC LIMIT $6 OFFSET $7"
+        ))
+        .await?;
+    let rows = c
+        .query(
+            &st,
+            &[
+                &f.task_id,
+                &f.success,
+                &f.since,
+                &f.until,
+                &f.owner,
+                &page.limit,
+                &page.offset,
+            ],
+        )
+        .await?;
+    let count = c
+        .prepare_cached(&format!(
+            "SELECT count(*) FROM task_run r JOIN task t ON t.id = r.task_id WHERE {RUN_WHERE}"
+        ))
+        .await?;
+    let total: i64 = c
+        .query_one(
+            &count,
+            &[&f.task_id, &f.success, &f.since, &f.until, &f.owner],
+        )
+        .await?
+        .get(0);
+    Ok((
+        rows.iter()
+            .map(|r| Run::from_row(r, include_errors))
+            .collect(),
+        total,
+    ))
+}
+
+pub async fn get(c: &impl Db, id: i64, owner: Option<Uuid>) -> Result<Option<Run>, Error> {
+    let st = c
+        .prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS} FROM task_run r JOIN task t ON t.id = r.task_id
+              WHERE r.id = $1 AND ($2::uuid IS NULL OR t.created_by = $2)"
+        ))
+        .await?;
+    Ok(c.query_opt(&st, &[&id, &owner])
+        .await?
+        .map(|r| Run::from_row(&r, true)))
+}
+
+pub async fn latest(c: &impl Db, task_id: Uuid) -> Result<Option<Run>, Error> {
+    let st = c
+        .prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS} FROM task_run r WHERE r.task_id = $1 ORDER BY r.id DESC LIMIT 1"
+        ))
+        .await?;
+    Ok(c.query_opt(&st, &[&task_id])
+        .await?
+        .map(|r| Run::from_row(&r, true)))
+}
+
+/// Totals, success rate, average and p95 duration and last success/failure of runs finished in the last
+/// `days` days, of one task or of every task the owner may see.
+pub async fn stats(
+    c: &impl Db,
+    task_id: Option<Uuid>,
+    owner: Option<Uuid>,
+    days: i32,
+) -> Result<RunStats, Error> {
+    let st = c
+        .prepare_cached(
+            "SELECT count(*),
+                    count(*) FILTER (WHERE r.success),
+                    (avg(extract(epoch FROM r.finished_at - r.started_at)) FILTER (WHERE r.started_at IS NOT NULL))::float8,
+                    (percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM r.finished_at - r.started_at))
+                        FILTER (WHERE r.started_at IS NOT NULL))::float8,
+                    max(r.finished_at) FILTER (WHERE r.success),
+                    max(r.finished_at) FILTER (WHERE NOT r.success)
+               FROM task_run r JOIN task t ON t.id = r.task_id
+              WHERE r.finished_at > now() - make_interval(days => $1::int)
+                AND ($2::uuid IS NULL OR r.task_id = $2) AND ($3::uuid IS NULL OR t.created_by = $3)",
+        )
+        .await?;
+    let r = c.query_one(&st, &[&days, &task_id, &owner]).await?;
+    let total: i64 = r.get(0);
+    let succeeded: i64 = r.get(1);
+    Ok(RunStats {
+        days: days as i64,
+        total,
+        succeeded,
+        failed: total - succeeded,
+        success_rate: (total > 0).then(|| succeeded as f64 / total as f64),
+        avg_duration_seconds: r.get(2),
+        p95_duration_seconds: r.get(3),
+        last_success_at: r.get(4),
+        last_failure_at: r.get(5),
+    })
+}

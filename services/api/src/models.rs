@@ -1,0 +1,407 @@
+//! Response shapes (and the OpenAPI schemas generated from them).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio_postgres::Row;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// An agent: a caller of the API with scopes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Agent {
+    pub id: Uuid,
+    pub name: String,
+    /// Subset of admin, tasks:read, tasks:write, runs:read, events:publish.
+    pub scopes: Vec<String>,
+    pub webhook_url: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub const AGENT_COLUMNS: &str = "id, name, scopes, webhook_url, created_at, updated_at";
+
+impl Agent {
+    pub fn from_row(r: &Row) -> Self {
+        Agent {
+            id: r.get(0),
+            name: r.get(1),
+            scopes: r.get(2),
+            webhook_url: r.get(3),
+            created_at: r.get(4),
+            updated_at: r.get(5),
+        }
+    }
+}
+
+/// A token's metadata (the secret is shown only once, at creation).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Token {
+    pub id: Uuid,
+    pub agent_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// A token just created: its metadata and the secret, which is never shown again.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NewTokenResponse {
+    pub id: Uuid,
+    pub agent_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// `orr_` + 64 hex characters. Store it now: only its SHA-256 digest is kept.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentCreated {
+    pub agent: Agent,
+    /// The agent's first token (shown once).
+    pub token: String,
+    pub token_id: Uuid,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    pub items: Vec<Token>,
+}
+
+/// A task as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Task {
+    pub id: Uuid,
+    pub title: String,
+    pub description: String,
+    pub created_by: Uuid,
+    /// cron, rrule, once or event.
+    pub schedule_kind: String,
+    pub schedule_expr: String,
+    pub timezone: String,
+    /// `{"params": {...}, "pipeline": [step, ...]}`.
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    /// active, paused, canceled or completed.
+    pub status: String,
+    pub priority: i32,
+    pub dedupe_key: Option<String>,
+    pub dedupe_window_seconds: i32,
+    pub max_retries: i32,
+    /// exponential_jitter, linear or fixed.
+    pub backoff_strategy: String,
+    pub concurrency_key: Option<String>,
+    pub timeout_seconds: i32,
+    pub misfire_grace_seconds: i32,
+    /// skip, latest or all.
+    pub catchup: String,
+    /// allow, skip or queue.
+    pub overlap: String,
+    /// The earliest pending fire, or the next computed one; null when none is known.
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Every column the API reads from `task` (the last two are internal: not part of the JSON).
+pub const TASK_COLUMNS: &str = "id, title, description, created_by, schedule_kind, schedule_expr, timezone, \
+     payload, status, priority, dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy, \
+     concurrency_key, timeout_seconds, misfire_grace_seconds, catchup, overlap, next_run_at, created_at, \
+     updated_at, schedule_anchor, materialized_until";
+
+/// A task row with the scheduler's internal columns.
+#[derive(Debug, Clone)]
+pub struct TaskRow {
+    pub task: Task,
+    pub schedule_anchor: DateTime<Utc>,
+    pub materialized_until: Option<DateTime<Utc>>,
+}
+
+impl TaskRow {
+    pub fn from_row(r: &Row) -> Self {
+        let priority: i16 = r.get(9);
+        let max_retries: i16 = r.get(12);
+        TaskRow {
+            task: Task {
+                id: r.get(0),
+                title: r.get(1),
+                description: r.get(2),
+                created_by: r.get(3),
+                schedule_kind: r.get(4),
+                schedule_expr: r.get(5),
+                timezone: r.get(6),
+                payload: r.get(7),
+                status: r.get(8),
+                priority: priority as i32,
+                dedupe_key: r.get(10),
+                dedupe_window_seconds: r.get(11),
+                max_retries: max_retries as i32,
+                backoff_strategy: r.get(13),
+                concurrency_key: r.get(14),
+                timeout_seconds: r.get(15),
+                misfire_grace_seconds: r.get(16),
+                catchup: r.get(17),
+                overlap: r.get(18),
+                next_run_at: finite(r, 19),
+                created_at: r.get(20),
+                updated_at: r.get(21),
+            },
+            schedule_anchor: r.get(22),
+            materialized_until: finite(r, 23),
+        }
+    }
+}
+
+/// A timestamptz that may be `infinity` (which chrono cannot represent): such values read as None.
+fn finite(r: &Row, idx: usize) -> Option<DateTime<Utc>> {
+    r.try_get::<_, Option<DateTime<Utc>>>(idx).ok().flatten()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskTransition {
+    pub task: Task,
+    /// The status before the action (equal to `task.status` when nothing changed).
+    pub previous_status: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunNowAccepted {
+    pub due_work_id: i64,
+    pub run_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Snoozed {
+    pub task: Task,
+    /// The due_work row that was moved (or materialized and moved).
+    pub due_work_id: i64,
+    /// The nominal fire instant (unchanged).
+    pub run_at: DateTime<Utc>,
+    /// When the fire will now run.
+    pub ready_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Fire {
+    /// UTC, RFC 3339 with `Z` and whole seconds.
+    pub at: String,
+    /// The same instant in the schedule's time zone, with its offset.
+    pub local: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Fires {
+    pub fires: Vec<Fire>,
+}
+
+/// One execution attempt (or a fire skipped as a misfire or overlap, with attempt 0).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Run {
+    pub id: i64,
+    pub task_id: Uuid,
+    pub due_work_id: Option<i64>,
+    pub attempt: i32,
+    pub worker_id: Option<String>,
+    pub trigger: String,
+    pub scheduled_for: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: DateTime<Utc>,
+    pub success: bool,
+    /// Omitted (null) with `include_errors=false`.
+    pub error: Option<String>,
+    pub error_kind: Option<String>,
+    pub output: Option<Value>,
+}
+
+pub const RUN_COLUMNS: &str = "r.id, r.task_id, r.due_work_id, r.attempt, r.worker_id, r.trigger, \
+     r.scheduled_for, r.started_at, r.finished_at, r.success, r.error, r.error_kind, r.output";
+
+impl Run {
+    pub fn from_row(r: &Row, include_errors: bool) -> Self {
+        Run {
+            id: r.get(0),
+            task_id: r.get(1),
+            due_work_id: r.get(2),
+            attempt: r.get(3),
+            worker_id: r.get(4),
+            trigger: r.get(5),
+            scheduled_for: r.get(6),
+            started_at: r.get(7),
+            finished_at: r.get(8),
+            success: r.get(9),
+            error: if include_errors { r.get(10) } else { None },
+            error_kind: r.get(11),
+            output: r.get(12),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunStats {
+    /// The window: runs finished in the last `days` days.
+    pub days: i64,
+    pub total: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    /// succeeded / total; null without runs.
+    pub success_rate: Option<f64>,
+    /// finished_at − started_at over runs that started.
+    pub avg_duration_seconds: Option<f64>,
+    pub p95_duration_seconds: Option<f64>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_failure_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PriorityCount {
+    pub priority: i32,
+    /// Pending rows ready now.
+    pub ready: i64,
+    /// Pending rows due later.
+    pub scheduled: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueSummary {
+    /// Pending, due (ready_at ≤ now) and not leased.
+    pub ready: i64,
+    /// Pending with ready_at in the future.
+    pub scheduled: i64,
+    /// Held by a live lease.
+    pub leased: i64,
+    pub dead: i64,
+    /// Age of the oldest ready row; null when nothing is ready.
+    pub oldest_ready_age_seconds: Option<f64>,
+    pub by_priority: Vec<PriorityCount>,
+}
+
+/// A due_work row in the dead state.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeadWork {
+    pub id: i64,
+    pub task_id: Uuid,
+    pub run_at: DateTime<Utc>,
+    pub ready_at: DateTime<Utc>,
+    pub priority: i32,
+    pub trigger: String,
+    pub attempt: i32,
+    pub event_id: Option<String>,
+    pub params: Option<Value>,
+    pub last_error: Option<String>,
+    pub last_error_kind: Option<String>,
+    pub dead_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub const DEAD_COLUMNS: &str =
+    "d.id, d.task_id, d.run_at, d.ready_at, d.priority, d.trigger, d.attempt, \
+     d.event_id, d.params, d.last_error, d.last_error_kind, d.dead_at, d.created_at";
+
+impl DeadWork {
+    pub fn from_row(r: &Row) -> Self {
+        let priority: i16 = r.get(4);
+        DeadWork {
+            id: r.get(0),
+            task_id: r.get(1),
+            run_at: r.get(2),
+            ready_at: r.get(3),
+            priority: priority as i32,
+            trigger: r.get(5),
+            attempt: r.get(6),
+            event_id: r.get(7),
+            params: r.get(8),
+            last_error: r.get(9),
+            last_error_kind: r.get(10),
+            dead_at: r.get(11),
+            created_at: r.get(12),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReplayAccepted {
+    pub due_work_id: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Worker {
+    pub worker_id: String,
+    pub hostname: String,
+    pub pid: i32,
+    pub started_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub processed: i64,
+    pub failed: i64,
+    pub in_flight: i32,
+    /// starting, running, draining or stopped.
+    pub state: String,
+    /// Seen within the last 15 s (three heartbeat intervals).
+    pub alive: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkerList {
+    pub items: Vec<Worker>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskRef {
+    pub id: Uuid,
+    pub title: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EventAccepted {
+    pub event_id: Uuid,
+    /// The entry id in the `events` stream.
+    pub stream_id: String,
+    pub topic: String,
+    /// Active event tasks whose topic pattern matches, among those the caller may see.
+    pub matching_tasks: Vec<TaskRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RecentEvent {
+    pub stream_id: String,
+    pub event_id: Option<String>,
+    pub topic: Option<String>,
+    /// The payload as published (JSON; a string if it could not be parsed).
+    pub payload: Option<Value>,
+    pub published_by: Option<String>,
+    pub published_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RecentEvents {
+    pub items: Vec<RecentEvent>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TopicGroup {
+    /// The topic pattern (`schedule_expr` of event tasks).
+    pub topic: String,
+    pub tasks: Vec<TaskRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TopicList {
+    pub items: Vec<TopicGroup>,
+}
+
+macro_rules! page {
+    ($name:ident, $item:ty) => {
+        #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+        pub struct $name {
+            pub items: Vec<$item>,
+            /// Rows matching the filters.
+            pub total: i64,
+            pub limit: i64,
+            pub offset: i64,
+            pub has_more: bool,
+        }
+    };
+}
+
+page!(TaskPage, Task);
+page!(AgentPage, Agent);
+page!(RunPage, Run);
+page!(DeadWorkPage, DeadWork);

@@ -1,0 +1,933 @@
+//! /tasks: create, list, read, edit, delete, and every lifecycle action.
+
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Duration, Utc};
+use orrery::model::{BackoffStrategy, Catchup, Overlap, Scope, TaskStatus};
+use orrery::schedule::{Schedule, ScheduleKind};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{announce_task_change, wake_workers};
+use crate::auth::Caller;
+use crate::db::{self, tasks::Cursor, tasks::TaskValues};
+use crate::error::{ApiError, ApiResult, ErrorEnvelope, FieldError};
+use crate::input::{path_uuid, Fields, JsonBody, Opt, OptionalJsonBody, Page, QueryParams};
+use crate::models::{Fires, RunNowAccepted, Snoozed, Task, TaskPage, TaskRow, TaskTransition};
+use crate::state::AppState;
+use crate::validation;
+
+const WRITABLE: &[&str] = &[
+    "title",
+    "description",
+    "schedule_kind",
+    "schedule_expr",
+    "timezone",
+    "payload",
+    "priority",
+    "dedupe_key",
+    "dedupe_window_seconds",
+    "max_retries",
+    "backoff_strategy",
+    "concurrency_key",
+    "timeout_seconds",
+    "misfire_grace_seconds",
+    "catchup",
+    "overlap",
+    "created_by",
+];
+const READ_ONLY: &[&str] = &["id", "status", "created_at", "updated_at", "next_run_at"];
+
+/// Body of POST /tasks (PATCH and PUT take the same fields, all optional).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct TaskCreate {
+    /// 1..200 characters.
+    #[schema(min_length = 1, max_length = 200)]
+    title: String,
+    #[schema(max_length = 2000)]
+    description: Option<String>,
+    /// cron, rrule, once or event.
+    #[schema(example = "cron")]
+    #[schema(pattern = "^(cron|rrule|once|event)$")]
+    schedule_kind: String,
+    /// A 5-field cron expression or macro, an RFC 5545 rule, an RFC 3339 instant or a topic pattern.
+    #[schema(example = "*/5 * * * *")]
+    schedule_expr: String,
+    /// IANA time zone name (default: TZ).
+    #[schema(example = "UTC")]
+    timezone: Option<String>,
+    /// `{"params": {...}, "pipeline": [{"id", "uses", "with", "save_as", "if", "timeout_seconds"}]}`.
+    #[schema(value_type = Object)]
+    payload: Option<Value>,
+    #[schema(minimum = 1, maximum = 9)]
+    priority: Option<i32>,
+    #[schema(min_length = 1, max_length = 100)]
+    dedupe_key: Option<String>,
+    #[schema(minimum = 0)]
+    dedupe_window_seconds: Option<i32>,
+    #[schema(minimum = 0, maximum = 10)]
+    max_retries: Option<i32>,
+    /// exponential_jitter, linear or fixed.
+    #[schema(pattern = "^(exponential_jitter|linear|fixed)$")]
+    backoff_strategy: Option<String>,
+    #[schema(min_length = 1, max_length = 100)]
+    concurrency_key: Option<String>,
+    #[schema(minimum = 1, maximum = 86400)]
+    timeout_seconds: Option<i32>,
+    #[schema(minimum = 0)]
+    misfire_grace_seconds: Option<i32>,
+    /// skip, latest or all.
+    #[schema(pattern = "^(skip|latest|all)$")]
+    catchup: Option<String>,
+    /// allow, skip or queue.
+    #[schema(pattern = "^(allow|skip|queue)$")]
+    overlap: Option<String>,
+    /// Admins may create a task on behalf of another agent.
+    created_by: Option<Uuid>,
+}
+
+/// Body of PATCH/PUT /tasks/{id}: any subset of the task's writable fields.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct TaskPatch {
+    #[schema(min_length = 1, max_length = 200)]
+    title: Option<String>,
+    #[schema(max_length = 2000)]
+    description: Option<String>,
+    #[schema(pattern = "^(cron|rrule|once|event)$")]
+    schedule_kind: Option<String>,
+    schedule_expr: Option<String>,
+    timezone: Option<String>,
+    #[schema(value_type = Object)]
+    payload: Option<Value>,
+    #[schema(minimum = 1, maximum = 9)]
+    priority: Option<i32>,
+    #[schema(min_length = 1, max_length = 100)]
+    dedupe_key: Option<String>,
+    #[schema(minimum = 0)]
+    dedupe_window_seconds: Option<i32>,
+    #[schema(minimum = 0, maximum = 10)]
+    max_retries: Option<i32>,
+    #[schema(pattern = "^(exponential_jitter|linear|fixed)$")]
+    backoff_strategy: Option<String>,
+    #[schema(min_length = 1, max_length = 100)]
+    concurrency_key: Option<String>,
+    #[schema(minimum = 1, maximum = 86400)]
+    timeout_seconds: Option<i32>,
+    #[schema(minimum = 0)]
+    misfire_grace_seconds: Option<i32>,
+    #[schema(pattern = "^(skip|latest|all)$")]
+    catchup: Option<String>,
+    #[schema(pattern = "^(allow|skip|queue)$")]
+    overlap: Option<String>,
+    created_by: Option<Uuid>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct RunNowBody {
+    /// Merged over the task's params for this run.
+    #[schema(value_type = Object)]
+    params: Option<Value>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct SnoozeBody {
+    #[schema(minimum = 1, maximum = 604800)]
+    delay_seconds: i32,
+}
+
+/// The fields of a task body, read one by one.
+struct TaskInput {
+    title: Opt<String>,
+    description: Opt<String>,
+    schedule_kind: Opt<String>,
+    schedule_expr: Opt<String>,
+    timezone: Opt<String>,
+    payload: Opt<Value>,
+    priority: Opt<i64>,
+    dedupe_key: Opt<String>,
+    dedupe_window_seconds: Opt<i64>,
+    max_retries: Opt<i64>,
+    backoff_strategy: Opt<BackoffStrategy>,
+    concurrency_key: Opt<String>,
+    timeout_seconds: Opt<i64>,
+    misfire_grace_seconds: Opt<i64>,
+    catchup: Opt<Catchup>,
+    overlap: Opt<Overlap>,
+    created_by: Opt<Uuid>,
+}
+
+fn read_input(body: &Value, creating: bool) -> ApiResult<TaskInput> {
+    let mut allowed: Vec<&str> = WRITABLE.to_vec();
+    allowed.extend_from_slice(READ_ONLY);
+    let mut f = Fields::object(body, &allowed)?;
+    for key in READ_ONLY {
+        if f.raw(key).is_some() {
+            f.errors.push(FieldError::new(
+                *key,
+                "is read-only (use the lifecycle actions to change status)",
+            ));
+        }
+    }
+    let input = TaskInput {
+        title: f.string("title", 1, 200, false),
+        description: f.string("description", 0, 2000, false),
+        schedule_kind: f.string("schedule_kind", 1, 20, false),
+        schedule_expr: f.string("schedule_expr", 1, 100_000, false),
+        timezone: f.string("timezone", 1, 64, false),
+        payload: f.object_value("payload", false),
+        priority: f.int("priority", 1, 9),
+        dedupe_key: f.string("dedupe_key", 1, 100, true),
+        dedupe_window_seconds: f.int("dedupe_window_seconds", 0, i32::MAX as i64),
+        max_retries: f.int("max_retries", 0, 10),
+        backoff_strategy: f.parsed("backoff_strategy"),
+        concurrency_key: f.string("concurrency_key", 1, 100, true),
+        timeout_seconds: f.int("timeout_seconds", 1, 86_400),
+        misfire_grace_seconds: f.int("misfire_grace_seconds", 0, i32::MAX as i64),
+        catchup: f.parsed("catchup"),
+        overlap: f.parsed("overlap"),
+        created_by: f.uuid("created_by"),
+    };
+    if creating {
+        for (name, absent) in [
+            ("title", input.title.is_absent()),
+            ("schedule_kind", input.schedule_kind.is_absent()),
+            ("schedule_expr", input.schedule_expr.is_absent()),
+        ] {
+            if absent && f.raw(name).is_none() {
+                f.errors.push(FieldError::new(name, "is required"));
+            }
+        }
+    }
+    f.finish()?;
+    Ok(input)
+}
+
+fn merge(mut v: TaskValues, i: TaskInput) -> TaskValues {
+    fn set<T>(target: &mut T, value: Opt<T>) {
+        if let Opt::Set(x) = value {
+            *target = x;
+        }
+    }
+    fn nullable<T>(target: &mut Option<T>, value: Opt<T>) {
+        match value {
+            Opt::Set(x) => *target = Some(x),
+            Opt::Null => *target = None,
+            Opt::Absent => {}
+        }
+    }
+    set(&mut v.title, i.title);
+    set(&mut v.description, i.description);
+    set(&mut v.schedule_kind, i.schedule_kind);
+    set(&mut v.schedule_expr, i.schedule_expr);
+    set(&mut v.timezone, i.timezone);
+    set(&mut v.payload, i.payload);
+    if let Opt::Set(p) = i.priority {
+        v.priority = p as i16;
+    }
+    nullable(&mut v.dedupe_key, i.dedupe_key);
+    if let Opt::Set(n) = i.dedupe_window_seconds {
+        v.dedupe_window_seconds = n as i32;
+    }
+    if let Opt::Set(n) = i.max_retries {
+        v.max_retries = n as i16;
+    }
+    if let Opt::Set(b) = i.backoff_strategy {
+        v.backoff_strategy = b.as_str().to_string();
+    }
+    nullable(&mut v.concurrency_key, i.concurrency_key);
+    if let Opt::Set(n) = i.timeout_seconds {
+        v.timeout_seconds = n as i32;
+    }
+    if let Opt::Set(n) = i.misfire_grace_seconds {
+        v.misfire_grace_seconds = n as i32;
+    }
+    if let Opt::Set(c) = i.catchup {
+        v.catchup = c.as_str().to_string();
+    }
+    if let Opt::Set(o) = i.overlap {
+        v.overlap = o.as_str().to_string();
+    }
+    set(&mut v.created_by, i.created_by);
+    v
+}
+
+/// Validates the whole (merged) task: schedule, time zone and payload. Returns the parsed schedule.
+fn validate(v: &TaskValues, anchor: DateTime<Utc>) -> ApiResult<Schedule> {
+    let mut errors = Vec::new();
+    let schedule =
+        validation::parse_schedule(&v.schedule_kind, &v.schedule_expr, &v.timezone, anchor)
+            .map_err(|e| errors.extend(e))
+            .ok();
+    if let Err(e) = validation::validate_payload(&v.payload) {
+        errors.extend(e);
+    }
+    match schedule {
+        Some(s) if errors.is_empty() => Ok(s),
+        _ => Err(ApiError::Validation(errors)),
+    }
+}
+
+/// Where the scheduler starts from after a create or a schedule edit (see the module docs of the scheduler):
+/// it materializes fires strictly after `materialized_until`.
+fn initial_cursor(
+    s: &Schedule,
+    now: DateTime<Utc>,
+    grace_seconds: i32,
+    active: bool,
+) -> ApiResult<Cursor> {
+    let mut cursor = Cursor {
+        schedule_anchor: now,
+        materialized_until: now,
+        next_run_at: None,
+    };
+    match s.kind() {
+        ScheduleKind::Event => {}
+        ScheduleKind::Once => {
+            let fire = validation::next_fire_after(s, DateTime::<Utc>::MIN_UTC)
+                .ok_or_else(|| ApiError::field("schedule_expr", "does not denote an instant"))?;
+            if fire <= now {
+                if now - fire > Duration::seconds(grace_seconds as i64) {
+                    return Err(ApiError::field(
+                        "schedule_expr",
+                        format!(
+                            "{} is in the past (more than misfire_grace_seconds = {grace_seconds} ago)",
+                            fire.to_rfc3339()
+                        ),
+                    ));
+                }
+                // Within the grace window: run it now.
+                cursor.materialized_until = fire - Duration::seconds(1);
+            }
+            cursor.next_run_at = Some(fire);
+        }
+        ScheduleKind::Cron | ScheduleKind::Rrule => {
+            let next = validation::next_fire_after(s, now);
+            if next.is_none() {
+                return Err(ApiError::field(
+                    "schedule_expr",
+                    "the schedule has no fires after now",
+                ));
+            }
+            cursor.next_run_at = next;
+        }
+    }
+    if !active {
+        cursor.next_run_at = None;
+    }
+    Ok(cursor)
+}
+
+async fn check_created_by(c: &impl db::Db, caller: &Caller, created_by: Uuid) -> ApiResult<()> {
+    if created_by == caller.agent_id {
+        return Ok(());
+    }
+    if !caller.is_admin() {
+        return Err(ApiError::field(
+            "created_by",
+            "only admins may create or move tasks on behalf of another agent",
+        ));
+    }
+    if !db::tasks::agent_exists(c, created_by).await? {
+        return Err(ApiError::field("created_by", "no agent has this id"));
+    }
+    Ok(())
+}
+
+async fn check_dedupe(c: &impl db::Db, v: &TaskValues, exclude: Option<Uuid>) -> ApiResult<()> {
+    let Some(key) = &v.dedupe_key else {
+        return Ok(());
+    };
+    db::tasks::lock_dedupe_key(c, v.created_by, key).await?;
+    if let Some(existing) =
+        db::tasks::find_duplicate(c, v.created_by, key, v.dedupe_window_seconds, exclude).await?
+    {
+        return Err(ApiError::Conflict {
+            message: format!("task {existing} already holds dedupe_key {key:?}"),
+            details: Some(json!({"existing_task_id": existing, "dedupe_key": key})),
+        });
+    }
+    Ok(())
+}
+
+fn is_terminal(status: &str) -> bool {
+    status == TaskStatus::Canceled.as_str() || status == TaskStatus::Completed.as_str()
+}
+
+#[utoipa::path(post, path = "/tasks", tag = "tasks", request_body = TaskCreate,
+    responses((status = 201, body = Task), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope), (status = 413, body = ErrorEnvelope),
+        (status = 415, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn create(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: JsonBody,
+) -> ApiResult<HttpResponse> {
+    caller.require(Scope::TasksWrite)?;
+    let input = read_input(&body.0, true)?;
+    let defaults = TaskValues {
+        title: String::new(),
+        description: String::new(),
+        created_by: caller.agent_id,
+        schedule_kind: String::new(),
+        schedule_expr: String::new(),
+        timezone: state.settings.default_timezone().name().to_string(),
+        payload: json!({"params": {}, "pipeline": []}),
+        priority: 5,
+        dedupe_key: None,
+        dedupe_window_seconds: 0,
+        max_retries: state.settings.worker_max_retries.min(10) as i16,
+        backoff_strategy: BackoffStrategy::ExponentialJitter.as_str().into(),
+        concurrency_key: None,
+        timeout_seconds: 300,
+        misfire_grace_seconds: state
+            .settings
+            .scheduler_misfire_grace_time
+            .min(i32::MAX as u32) as i32,
+        catchup: Catchup::Skip.as_str().into(),
+        overlap: Overlap::Allow.as_str().into(),
+    };
+    let values = merge(defaults, input);
+    // Validation and the cursor use this process's clock; the stored anchor and cursor use the database's
+    // (the same instant to within the statement's latency).
+    let now = Utc::now();
+    let schedule = validate(&values, now)?;
+    let cursor = initial_cursor(&schedule, now, values.misfire_grace_seconds, true)?;
+    // A `once` fire inside its grace window: the cursor sits just before it so it is materialized at once.
+    let until = (cursor.materialized_until < now).then_some(cursor.materialized_until);
+    let mut client = state.db().await?;
+    check_created_by(&client, &caller, values.created_by).await?;
+    let fk_to_field = |e: tokio_postgres::Error| {
+        if crate::error::sqlstate(&e) == Some("23503") {
+            ApiError::field("created_by", "no agent has this id")
+        } else {
+            e.into()
+        }
+    };
+    let task = if values.dedupe_key.is_some() {
+        let tx = client.transaction().await?;
+        check_dedupe(&tx, &values, None).await?;
+        let row =
+            db::tasks::insert_audited(&tx, &values, until, cursor.next_run_at, caller.agent_id)
+                .await
+                .map_err(fk_to_field)?;
+        tx.commit().await?;
+        row.task
+    } else {
+        // The common case needs no transaction: task and audit record are one statement.
+        db::tasks::insert_audited(&client, &values, until, cursor.next_run_at, caller.agent_id)
+            .await
+            .map_err(fk_to_field)?
+            .task
+    };
+    announce_task_change(&state, task.id, "created");
+    if until.is_some() {
+        wake_workers(&state, task.id);
+    }
+    Ok(HttpResponse::Created().json(task))
+}
+
+#[utoipa::path(get, path = "/tasks", tag = "tasks",
+    params(("status" = Option<String>, Query, description = "active, paused, canceled or completed"),
+        ("schedule_kind" = Option<String>, Query, description = "cron, rrule, once or event"),
+        ("created_by" = Option<Uuid>, Query),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200), ("offset" = Option<i64>, Query, minimum = 0)),
+    responses((status = 200, body = TaskPage), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn list(
+    state: web::Data<AppState>,
+    caller: Caller,
+    q: QueryParams,
+) -> ApiResult<HttpResponse> {
+    caller.require(Scope::TasksRead)?;
+    let page = Page::from_query(&q)?;
+    let status = q
+        .parsed::<TaskStatus>("status", &format!("one of {}", TaskStatus::expected()))?
+        .map(|s| s.as_str().to_string());
+    let schedule_kind = q
+        .parsed::<ScheduleKind>("schedule_kind", "one of cron, rrule, once, event")?
+        .map(|k| k.as_str().to_string());
+    let filter = db::tasks::TaskFilter {
+        status,
+        schedule_kind,
+        created_by: q.uuid("created_by")?,
+        owner: caller.owner_filter(),
+    };
+    let client = state.db().await?;
+    let (items, total) = db::tasks::list(&client, &filter, page).await?;
+    let has_more = page.has_more(items.len(), total);
+    Ok(HttpResponse::Ok().json(TaskPage {
+        items,
+        total,
+        limit: page.limit,
+        offset: page.offset,
+        has_more,
+    }))
+}
+
+/// Loads a task the caller may see (another agent's task is a 404, never a 403).
+pub async fn visible_task(c: &impl db::Db, caller: &Caller, id: Uuid) -> ApiResult<TaskRow> {
+    db::tasks::get(c, id, caller.owner_filter())
+        .await?
+        .ok_or_else(|| ApiError::not_found("Task", id))
+}
+
+#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Task), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn get(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    caller.require(Scope::TasksRead)?;
+    let id = path_uuid(&path, "id")?;
+    let client = state.db().await?;
+    let row = visible_task(&client, &caller, id).await?;
+    Ok(HttpResponse::Ok().json(row.task))
+}
+
+#[utoipa::path(patch, path = "/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path)), request_body = TaskPatch,
+    responses((status = 200, body = Task), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
+        (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn patch(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: JsonBody,
+) -> ApiResult<HttpResponse> {
+    caller.require(Scope::TasksWrite)?;
+    let id = path_uuid(&path, "id")?;
+    let input = read_input(&body.0, false)?;
+    let mut client = state.db().await?;
+    let tx = client.transaction().await?;
+    let row = db::tasks::lock(&tx, id, caller.owner_filter())
+        .await?
+        .ok_or_else(|| ApiError::not_found("Task", id))?;
+    if is_terminal(&row.task.status) {
+        return Err(ApiError::conflict(format!(
+            "Task {id} is {}; terminal tasks cannot be edited",
+            row.task.status
+        )));
+    }
+    let before = TaskValues::from_task(&row.task);
+    let values = merge(before.clone(), input);
+    let now = db::now(&tx).await?;
+    let schedule_changed = values.schedule_kind != before.schedule_kind
+        || values.schedule_expr != before.schedule_expr
+        || values.timezone != before.timezone;
+    let anchor = if schedule_changed {
+        now
+    } else {
+        row.schedule_anchor
+    };
+    let schedule = validate(&values, anchor)?;
+    let active = row.task.status == TaskStatus::Active.as_str();
+    let cursor = if schedule_changed {
+        Some(initial_cursor(
+            &schedule,
+            now,
+            values.misfire_grace_seconds,
+            active,
+        )?)
+    } else {
+        None
+    };
+    if values.created_by != before.created_by {
+        check_created_by(&tx, &caller, values.created_by).await?;
+    }
+    if values.dedupe_key.is_some()
+        && (values.dedupe_key != before.dedupe_key
+            || values.dedupe_window_seconds != before.dedupe_window_seconds
+            || values.created_by != before.created_by)
+    {
+        check_dedupe(&tx, &values, Some(id)).await?;
+    }
+    if schedule_changed {
+        db::tasks::delete_unleased_work(&tx, id, true).await?;
+    }
+    let updated = db::tasks::update(&tx, id, &values, cursor).await?.task;
+    db::tasks::restamp_pending_work(&tx, &updated).await?;
+    db::audit(
+        &tx,
+        caller.agent_id,
+        "task.update",
+        "task",
+        &id.to_string(),
+        &json!({"changed": changed_fields(&before, &values), "schedule_changed": schedule_changed}),
+    )
+    .await?;
+    tx.commit().await?;
+    announce_task_change(&state, id, "updated");
+    if cursor.is_some_and(|c| c.materialized_until < now) && active {
+        wake_workers(&state, id);
+    }
+    Ok(HttpResponse::Ok().json(updated))
+}
+
+fn changed_fields(a: &TaskValues, b: &TaskValues) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    macro_rules! cmp {
+        ($($f:ident),*) => { $( if a.$f != b.$f { out.push(stringify!($f)); } )* };
+    }
+    cmp!(
+        title,
+        description,
+        created_by,
+        schedule_kind,
+        schedule_expr,
+        timezone,
+        payload,
+        priority,
+        dedupe_key,
+        dedupe_window_seconds,
+        max_retries,
+        backoff_strategy,
+        concurrency_key,
+        timeout_seconds,
+        misfire_grace_seconds,
+        catchup,
+        overlap
+    );
+    out
+}
+
+#[utoipa::path(put, path = "/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path)), request_body = TaskPatch,
+    description = "Same as PATCH (kept for compatibility).",
+    responses((status = 200, body = Task), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
+        (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn put(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: JsonBody,
+) -> ApiResult<HttpResponse> {
+    patch(state, caller, path, body).await
+}
+
+#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path)),
+    description = "Deletes the task, its pending work and its run history. A run already leased finishes; its result is discarded.",
+    responses((status = 204), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn delete(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    caller.require(Scope::TasksWrite)?;
+    let id = path_uuid(&path, "id")?;
+    let mut client = state.db().await?;
+    let tx = client.transaction().await?;
+    let row = db::tasks::lock(&tx, id, caller.owner_filter())
+        .await?
+        .ok_or_else(|| ApiError::not_found("Task", id))?;
+    db::tasks::delete(&tx, id).await?;
+    db::audit(
+        &tx,
+        caller.agent_id,
+        "task.delete",
+        "task",
+        &id.to_string(),
+        &json!({"title": row.task.title, "status": row.task.status}),
+    )
+    .await?;
+    tx.commit().await?;
+    announce_task_change(&state, id, "deleted");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Clone, Copy)]
+enum Action {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+async fn transition(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    action: Action,
+) -> ApiResult<HttpResponse> {
+    caller.require(Scope::TasksWrite)?;
+    let id = path_uuid(&path, "id")?;
+    let mut client = state.db().await?;
+    let tx = client.transaction().await?;
+    let row = db::tasks::lock(&tx, id, caller.owner_filter())
+        .await?
+        .ok_or_else(|| ApiError::not_found("Task", id))?;
+    let previous = row.task.status.clone();
+    let (target, verb, hint) = match action {
+        Action::Pause => (TaskStatus::Paused, "pause", "paused"),
+        Action::Resume => (TaskStatus::Active, "resume", "resumed"),
+        Action::Cancel => (TaskStatus::Canceled, "cancel", "canceled"),
+    };
+    if previous == target.as_str() {
+        return Ok(HttpResponse::Ok().json(TaskTransition {
+            task: row.task,
+            previous_status: previous,
+        }));
+    }
+    let allowed = match action {
+        Action::Pause => previous == "active",
+        Action::Resume => previous == "paused",
+        Action::Cancel => previous == "active" || previous == "paused",
+    };
+    if !allowed {
+        return Err(ApiError::Conflict {
+            message: format!("cannot {verb} Task {id}: it is {previous}"),
+            details: Some(json!({"status": previous})),
+        });
+    }
+    let updated = match action {
+        Action::Pause | Action::Cancel => {
+            let removed = db::tasks::delete_unleased_work(&tx, id, false).await?;
+            tracing::debug!(task_id = %id, removed, "unleased work removed");
+            db::tasks::set_status(&tx, id, target.as_str(), None, None).await?
+        }
+        Action::Resume => {
+            let now = db::now(&tx).await?;
+            let next = validation::parse_schedule(
+                &row.task.schedule_kind,
+                &row.task.schedule_expr,
+                &row.task.timezone,
+                row.schedule_anchor,
+            )
+            .ok()
+            .and_then(|s| validation::next_fire_after(&s, now));
+            // No backlog burst: the scheduler materializes from now on.
+            db::tasks::set_status(&tx, id, target.as_str(), Some(now), next).await?
+        }
+    };
+    db::audit(
+        &tx,
+        caller.agent_id,
+        &format!("task.{verb}"),
+        "task",
+        &id.to_string(),
+        &json!({"previous_status": previous}),
+    )
+    .await?;
+    tx.commit().await?;
+    announce_task_change(&state, id, hint);
+    Ok(HttpResponse::Ok().json(TaskTransition {
+        task: updated.task,
+        previous_status: previous,
+    }))
+}
+
+macro_rules! lifecycle {
+    ($name:ident, $action:expr, $path:literal, $doc:literal) => {
+        #[utoipa::path(post, path = $path, tag = "tasks", params(("id" = Uuid, Path)), description = $doc,
+            responses((status = 200, body = TaskTransition), (status = 401, body = ErrorEnvelope),
+                (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+                (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+            security(("bearer" = [])))]
+        pub async fn $name(
+            state: web::Data<AppState>,
+            caller: Caller,
+            path: web::Path<String>,
+        ) -> ApiResult<HttpResponse> {
+            transition(state, caller, path, $action).await
+        }
+    };
+}
+
+lifecycle!(pause, Action::Pause, "/tasks/{id}/pause",
+    "active → paused; removes the task's unleased due work. Pausing a paused task answers 200 unchanged.");
+lifecycle!(
+    resume,
+    Action::Resume,
+    "/tasks/{id}/resume",
+    "paused → active; fires are materialized from now on (no backlog burst)."
+);
+lifecycle!(
+    cancel,
+    Action::Cancel,
+    "/tasks/{id}/cancel",
+    "active|paused → canceled (terminal); removes the task's unleased due work."
+);
+
+#[utoipa::path(post, path = "/tasks/{id}/run_now", tag = "tasks", params(("id" = Uuid, Path)),
+    request_body(content = Option<RunNowBody>, description = "Optional; `params` are merged over the task's params"),
+    responses((status = 202, body = RunNowAccepted), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
+        (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn run_now(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: OptionalJsonBody,
+) -> ApiResult<HttpResponse> {
+    caller.require(Scope::TasksWrite)?;
+    let id = path_uuid(&path, "id")?;
+    let params = match &body.0 {
+        None => None,
+        Some(v) => {
+            let mut f = Fields::object(v, &["params"])?;
+            let params = f.object_value("params", true).set();
+            f.finish()?;
+            params
+        }
+    };
+    let mut client = state.db().await?;
+    let tx = client.transaction().await?;
+    let row = db::tasks::lock(&tx, id, caller.owner_filter())
+        .await?
+        .ok_or_else(|| ApiError::not_found("Task", id))?;
+    if row.task.status != TaskStatus::Active.as_str() {
+        return Err(ApiError::Conflict {
+            message: format!(
+                "Task {id} is {}; only active tasks can run now",
+                row.task.status
+            ),
+            details: Some(json!({"status": row.task.status})),
+        });
+    }
+    let (due_work_id, run_at) =
+        db::tasks::insert_manual_work(&tx, &row.task, params.as_ref()).await?;
+    db::audit(
+        &tx,
+        caller.agent_id,
+        "task.run_now",
+        "task",
+        &id.to_string(),
+        &json!({"due_work_id": due_work_id}),
+    )
+    .await?;
+    tx.commit().await?;
+    wake_workers(&state, id);
+    Ok(HttpResponse::Accepted().json(RunNowAccepted {
+        due_work_id,
+        run_at,
+    }))
+}
+
+#[utoipa::path(post, path = "/tasks/{id}/snooze", tag = "tasks", params(("id" = Uuid, Path)), request_body = SnoozeBody,
+    description = "Moves the next pending fire later by delay_seconds (materializing it first if needed); later fires are unaffected.",
+    responses((status = 200, body = Snoozed), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
+        (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn snooze(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: JsonBody,
+) -> ApiResult<HttpResponse> {
+    caller.require(Scope::TasksWrite)?;
+    let id = path_uuid(&path, "id")?;
+    let mut f = Fields::object(&body.0, &["delay_seconds"])?;
+    let delay = f.int("delay_seconds", 1, 604_800);
+    f.require("delay_seconds", &delay);
+    f.finish()?;
+    let delay = delay.set().unwrap_or(1) as i32;
+    let mut client = state.db().await?;
+    let tx = client.transaction().await?;
+    let row = db::tasks::lock(&tx, id, caller.owner_filter())
+        .await?
+        .ok_or_else(|| ApiError::not_found("Task", id))?;
+    if row.task.status != TaskStatus::Active.as_str() {
+        return Err(ApiError::Conflict {
+            message: format!(
+                "Task {id} is {}; only active tasks can be snoozed",
+                row.task.status
+            ),
+            details: Some(json!({"status": row.task.status})),
+        });
+    }
+    let (due_work_id, run_at, ready_at, task) = match db::tasks::next_unleased_work(&tx, id).await?
+    {
+        Some((wid, run_at, _)) => {
+            let ready_at = db::tasks::delay_work(&tx, wid, delay).await?;
+            (wid, run_at, ready_at, row.task)
+        }
+        None => {
+            let now = db::now(&tx).await?;
+            let schedule = validation::parse_schedule(
+                &row.task.schedule_kind,
+                &row.task.schedule_expr,
+                &row.task.timezone,
+                row.schedule_anchor,
+            )
+            .map_err(|_| ApiError::conflict(format!("Task {id} has no schedule to snooze")))?;
+            let after = row.materialized_until.unwrap_or(now);
+            let fire = validation::next_fire_after(&schedule, after).ok_or_else(|| {
+                ApiError::conflict(format!("Task {id} has no upcoming fire to snooze"))
+            })?;
+            let ready_at = fire + Duration::seconds(delay as i64);
+            let wid = db::tasks::insert_scheduled_work(&tx, &row.task, fire, ready_at)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::conflict(format!(
+                        "the next fire of Task {id} is being materialized; retry"
+                    ))
+                })?;
+            let updated = db::tasks::set_materialized_until(&tx, id, fire, Some(fire)).await?;
+            (wid, fire, ready_at, updated.task)
+        }
+    };
+    db::audit(
+        &tx,
+        caller.agent_id,
+        "task.snooze",
+        "task",
+        &id.to_string(),
+        &json!({"due_work_id": due_work_id, "delay_seconds": delay, "ready_at": ready_at}),
+    )
+    .await?;
+    tx.commit().await?;
+    announce_task_change(&state, id, "snoozed");
+    Ok(HttpResponse::Ok().json(Snoozed {
+        task,
+        due_work_id,
+        run_at,
+        ready_at,
+    }))
+}
+
+#[utoipa::path(get, path = "/tasks/{id}/schedule", tag = "tasks",
+    params(("id" = Uuid, Path), ("count" = Option<i64>, Query, minimum = 1, maximum = 1000),
+        ("after" = Option<String>, Query, description = "RFC 3339 instant (default now)")),
+    responses((status = 200, body = Fires), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn schedule(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    q: QueryParams,
+) -> ApiResult<HttpResponse> {
+    caller.require(Scope::TasksRead)?;
+    let id = path_uuid(&path, "id")?;
+    let count = q.int("count", 1, 1000, 10)? as usize;
+    let after = q.instant("after")?.unwrap_or_else(Utc::now);
+    let client = state.db().await?;
+    let row = visible_task(&client, &caller, id).await?;
+    let s = validation::parse_schedule(
+        &row.task.schedule_kind,
+        &row.task.schedule_expr,
+        &row.task.timezone,
+        row.schedule_anchor,
+    )
+    .map_err(ApiError::Validation)?;
+    let fires = validation::next_fires(&s, after, count);
+    Ok(HttpResponse::Ok().json(validation::fires_json(&s, &fires)))
+}

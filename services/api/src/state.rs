@@ -1,0 +1,27 @@
+//! What every handler can reach: the pool, Redis, settings and the auth cache.
+
+use std::time::Instant;
+
+use deadpool_postgres::Pool;
+use orrery::config::Settings;
+use orrery::health::Readiness;
+use orrery::streams::Redis;
+
+use crate::auth::AuthCache;
+use crate::error::ApiResult;
+
+pub struct AppState {
+    pub pool: Pool,
+    pub redis: Redis,
+    pub settings: Settings,
+    pub readiness: Readiness,
+    pub auth: AuthCache,
+    pub started: Instant,
+}
+
+impl AppState {
+    /// A pooled connection; a pool that cannot deliver one in time is a 503.
+    pub async fn db(&self) -> ApiResult<deadpool_postgres::Object> {
+        Ok(self.pool.get().await?)
+    }
+}

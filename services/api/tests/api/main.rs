@@ -1,0 +1,13 @@
+//! The API over HTTP against the real service, PostgreSQL and Redis. One test binary, one module per area.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod agents;
+mod errors;
+mod events;
+mod health;
+mod preview;
+mod queue;
+mod runs;
+mod tasks;

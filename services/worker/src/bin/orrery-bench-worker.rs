@@ -1,0 +1,496 @@
+//! Worker benchmark, driving real (release) `orrery-worker` processes as they run in production (run events,
+//! heartbeats, metrics on).
+//!
+//!   orrery-bench-worker drain      # JOBS (100000) pre-inserted no-op rows, PROCS ("1 2 4") processes, REPS (3)
+//!   orrery-bench-worker latency    # idle worker: commit that makes a row due → its first step starts
+//!   orrery-bench-worker lateness   # rows due in the future: ready_at → first step starts
+//!   orrery-bench-worker all
+//!
+//! Environment: BENCH_DATABASE_URL (admin connection, default postgres://postgres@127.0.0.1:5432/postgres),
+//! BENCH_DB (orrery_bench, dropped and recreated), REDIS_URL, WORKER_BIN (default: next to this binary),
+//! SAMPLES (200), SPACING_MS (50). Every `WORKER_*` variable is passed on to the workers.
+//!
+//! Drain figure: jobs ÷ (spawn of the processes → queue empty with every task_run written), startup included,
+//! like graphile-worker's raw figure. Latency uses task_run.started_at (the database clock at the claim plus
+//! the worker's monotonic time since; never early) against the bench's clock when the INSERT returned.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    format!("{scheme}://{authority}/{db}")
+}
+
+async fn connect(url: &str) -> Result<Client> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+struct Bench {
+    db_url: String,
+    db: Client,
+    redis: redis::aio::MultiplexedConnection,
+    prefix: String,
+    worker_bin: std::path::PathBuf,
+    task: Uuid,
+}
+
+struct Worker {
+    child: tokio::process::Child,
+    port: u16,
+}
+
+impl Bench {
+    async fn setup() -> Result<Bench> {
+        let admin_url = env(
+            "BENCH_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        );
+        let name = env("BENCH_DB", "orrery_bench");
+        let admin = connect(&admin_url).await?;
+        admin
+            .execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), &[])
+            .await?;
+        admin
+            .execute(&format!("CREATE DATABASE {name}"), &[])
+            .await?;
+        let db_url = with_database(&admin_url, &name);
+        orrery::db::migrate(&db_url)
+            .await
+            .map_err(|e| e.to_string())?;
+        let db = connect(&db_url).await?;
+        let payload = serde_json::json!({"params": {}, "pipeline": [{"id": "n", "uses": "noop"}]});
+        let task: Uuid = db
+            .query_one(
+                "INSERT INTO task (title, created_by, schedule_kind, schedule_expr, payload)
+                 VALUES ('bench', $1, 'cron', '0 0 1 1 *', $2) RETURNING id",
+                &[&orrery::model::SYSTEM_AGENT_ID, &payload],
+            )
+            .await?
+            .get(0);
+        let redis = redis::Client::open(env("REDIS_URL", "redis://127.0.0.1:6379"))?
+            .get_multiplexed_async_connection()
+            .await?;
+        let worker_bin = match std::env::var("WORKER_BIN") {
+            Ok(p) => p.into(),
+            Err(_) => std::env::current_exe()?
+                .parent()
+                .ok_or("no parent directory")?
+                .join("orrery-worker"),
+        };
+        Ok(Bench {
+            db_url,
+            db,
+            redis,
+            prefix: format!("bench:{}:", Uuid::new_v4().simple()),
+            worker_bin,
+            task,
+        })
+    }
+
+    async fn reset(&self) -> Result<()> {
+        self.db
+            .batch_execute("TRUNCATE task_run, due_work, concurrency_slot, worker_heartbeat")
+            .await?;
+        Ok(())
+    }
+
+    fn spawn_worker(&self) -> Result<Worker> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut cmd = tokio::process::Command::new(&self.worker_bin);
+        cmd.env_clear();
+        for (k, v) in std::env::vars() {
+            if k.starts_with("WORKER_") || k == "PATH" || k == "HOME" || k == "REDIS_URL" {
+                cmd.env(k, v);
+            }
+        }
+        cmd.env("DATABASE_URL", &self.db_url)
+            .env("REDIS_KEY_PREFIX", &self.prefix)
+            .env("WORKER_HEALTH_PORT", port.to_string())
+            .env("LOG_LEVEL", env("BENCH_WORKER_LOG", "warn"))
+            .stdin(Stdio::null())
+            .stdout(match std::env::var("BENCH_WORKER_LOG_DIR") {
+                Ok(dir) => Stdio::from(std::fs::File::create(
+                    std::path::Path::new(&dir).join(format!("orrery-worker-{port}.log")),
+                )?),
+                Err(_) => Stdio::null(),
+            })
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        Ok(Worker {
+            child: cmd.spawn()?,
+            port,
+        })
+    }
+
+    async fn hint(&mut self) -> Result<()> {
+        let _: String = redis::cmd("XADD")
+            .arg(format!("{}orrery:wakeup", self.prefix))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(1000)
+            .arg("*")
+            .arg("reason")
+            .arg("bench")
+            .query_async(&mut self.redis)
+            .await?;
+        Ok(())
+    }
+
+    async fn stat(&self, sql: &str) -> Result<i64> {
+        Ok(self.db.query_one(sql, &[]).await?.get(0))
+    }
+}
+
+async fn wait_ready(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = s
+                .write_all(b"GET /health/ready HTTP/1.0\r\nHost: x\r\n\r\n")
+                .await;
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf).await;
+            if buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200") {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("worker on port {port} not ready");
+}
+
+async fn stop(mut workers: Vec<Worker>) {
+    for w in &workers {
+        if let Some(pid) = w.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-15")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+    for w in &mut workers {
+        let _ = tokio::time::timeout(Duration::from_secs(30), w.child.wait()).await;
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn drain(b: &mut Bench) -> Result<()> {
+    let jobs: i64 = env("JOBS", "100000").parse()?;
+    let reps: usize = env("REPS", "3").parse()?;
+    let procs: Vec<usize> = env("PROCS", "1 2 4")
+        .split_whitespace()
+        .map(|p| p.parse())
+        .collect::<std::result::Result<_, _>>()?;
+    println!(
+        "## drain: {jobs} no-op rows (trigger manual), worker env: {}",
+        worker_env_summary()
+    );
+    // (processes, jobs/s, WAL bytes/job, commits/job) per repetition.
+    type Figures = (usize, Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut results: Vec<Figures> = procs.iter().map(|p| (*p, vec![], vec![], vec![])).collect();
+    for rep in 1..=reps {
+        for (i, &p) in procs.iter().enumerate() {
+            b.reset().await?;
+            let t = Instant::now();
+            b.db.execute(
+                "INSERT INTO due_work (task_id, run_at, ready_at, priority, trigger)
+                 SELECT t.ids[1 + g % cardinality(t.ids)], now(), now(), 5, 'manual'
+                   FROM generate_series(1, $1::bigint) AS g,
+                        (SELECT array_agg(id ORDER BY created_at) AS ids FROM task) AS t",
+                &[&jobs],
+            )
+            .await?;
+            let insert_ms = t.elapsed().as_secs_f64() * 1000.0;
+            b.db.batch_execute("ANALYZE due_work").await?;
+            let quiet = wait_quiet(0.15, Duration::from_secs(60)).await;
+            let wal0: String =
+                b.db.query_one("SELECT pg_current_wal_lsn()::text", &[])
+                    .await?
+                    .get(0);
+            let xact0 = b
+                .stat("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+                .await?;
+            let started = Instant::now();
+            let mut workers = Vec::new();
+            for _ in 0..p {
+                workers.push(b.spawn_worker()?);
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let left: bool =
+                    b.db.query_one("SELECT EXISTS (SELECT 1 FROM due_work)", &[])
+                        .await?
+                        .get(0);
+                if !left {
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(600) {
+                    return Err("drain did not finish in 10 minutes".into());
+                }
+            }
+            let drain_s = started.elapsed().as_secs_f64();
+            let wal: f64 =
+                b.db.query_one(
+                    "SELECT (pg_current_wal_lsn() - $1::text::pg_lsn)::float8",
+                    &[&wal0],
+                )
+                .await?
+                .get(0);
+            stop(workers).await;
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let xact1 = b
+                .stat("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+                .await?;
+            let runs = b
+                .stat("SELECT count(*) FROM task_run WHERE success")
+                .await?;
+            let distinct = b
+                .stat("SELECT count(DISTINCT due_work_id) FROM task_run")
+                .await?;
+            if runs != jobs || distinct != jobs {
+                return Err(
+                    format!("expected {jobs} runs, found {runs} ({distinct} distinct)").into(),
+                );
+            }
+            let jps = jobs as f64 / drain_s;
+            let wal_per_job = wal / jobs as f64;
+            let xacts_per_job = (xact1 - xact0) as f64 / jobs as f64;
+            println!(
+                "[rep {rep}] procs {p}: drain {:.0} ms  {:.0} jobs/s  WAL {:.0} B/job  commits {:.3}/job  (insert {:.0} ms, busy before {:.2})",
+                drain_s * 1000.0,
+                jps,
+                wal_per_job,
+                xacts_per_job,
+                insert_ms,
+                quiet
+            );
+            results[i].1.push(jps);
+            results[i].2.push(wal_per_job);
+            results[i].3.push(xacts_per_job);
+        }
+    }
+    println!("\n| processes | jobs/s (median of {reps}) | WAL bytes/job | commits/job |");
+    println!("|---|---|---|---|");
+    for (p, mut jps, mut wal, mut x) in results {
+        println!(
+            "| {p} | {:.0} | {:.0} | {:.3} |",
+            median(&mut jps),
+            median(&mut wal),
+            median(&mut x)
+        );
+    }
+    Ok(())
+}
+
+/// Like the graphile bench: waits (at most `max_wait`) until the machine's CPUs are less than `threshold`
+/// busy over a second, so another process's burst does not land in one measurement. Returns the busy share.
+async fn wait_quiet(threshold: f64, max_wait: Duration) -> f64 {
+    fn sample() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let idle = cpu.get(3)? + cpu.get(4).unwrap_or(&0);
+        Some((cpu.iter().sum(), idle))
+    }
+    let deadline = Instant::now() + max_wait;
+    loop {
+        let Some((t0, i0)) = sample() else { return 0.0 };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some((t1, i1)) = sample() else { return 0.0 };
+        let busy = 1.0 - (i1 - i0) as f64 / (t1 - t0).max(1) as f64;
+        if busy < threshold || Instant::now() > deadline {
+            return busy;
+        }
+    }
+}
+
+fn worker_env_summary() -> String {
+    let mut v: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("WORKER_"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    v.sort();
+    if v.is_empty() {
+        "defaults".into()
+    } else {
+        v.join(" ")
+    }
+}
+
+fn summarize(name: &str, mut ms: Vec<f64>) {
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "{name}: n={} p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms  min {:.3} ms",
+        ms.len(),
+        percentile(&ms, 50.0),
+        percentile(&ms, 90.0),
+        percentile(&ms, 99.0),
+        ms[ms.len() - 1],
+        ms[0]
+    );
+}
+
+async fn latency(b: &mut Bench) -> Result<()> {
+    let samples: usize = env("SAMPLES", "200").parse()?;
+    let spacing = Duration::from_millis(env("SPACING_MS", "50").parse()?);
+    b.reset().await?;
+    let w = b.spawn_worker()?;
+    wait_ready(w.port).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let insert =
+        b.db.prepare(
+            "INSERT INTO due_work (task_id, run_at, ready_at, priority, trigger)
+             VALUES ($1, now(), now(), 5, 'manual') RETURNING id",
+        )
+        .await?;
+    let mut committed: Vec<(i64, DateTime<Utc>)> = Vec::new();
+    let mut hint_ms = Vec::new();
+    let warmup = 20;
+    for i in 0..samples + warmup {
+        let id: i64 = b.db.query_one(&insert, &[&b.task]).await?.get(0);
+        let at = Utc::now();
+        let t = Instant::now();
+        b.hint().await?;
+        if i >= warmup {
+            committed.push((id, at));
+            hint_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        tokio::time::sleep(spacing).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ms = Vec::new();
+    for (id, at) in &committed {
+        let started: DateTime<Utc> =
+            b.db.query_one(
+                "SELECT started_at FROM task_run WHERE due_work_id = $1",
+                &[id],
+            )
+            .await?
+            .get(0);
+        ms.push((started - *at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+    }
+    stop(vec![w]).await;
+    println!(
+        "## pickup latency (idle worker, one row at a time every {} ms)",
+        spacing.as_millis()
+    );
+    summarize("commit → first step starts", ms);
+    summarize(
+        "  of which the wake-up hint's XADD round trip (after the commit)",
+        hint_ms,
+    );
+    Ok(())
+}
+
+async fn lateness(b: &mut Bench) -> Result<()> {
+    let samples: i64 = env("SAMPLES", "200").parse()?;
+    let spacing_ms: f64 = env("SPACING_MS", "50").parse()?;
+    b.reset().await?;
+    let w = b.spawn_worker()?;
+    wait_ready(w.port).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.db.execute(
+        "INSERT INTO due_work (task_id, run_at, ready_at, priority, trigger)
+         SELECT $1, t, t, 5, 'manual'
+           FROM (SELECT now() + interval '1 second' + make_interval(secs => i * $3::float8 / 1000.0) AS t
+                   FROM generate_series(0, $2::bigint - 1) AS i) s",
+        &[&b.task, &samples, &spacing_ms],
+    )
+    .await?;
+    b.hint().await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while b.stat("SELECT count(*) FROM task_run").await? < samples {
+        if Instant::now() > deadline {
+            return Err("lateness runs did not finish".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rows =
+        b.db.query(
+            "SELECT extract(epoch FROM started_at - scheduled_for)::float8 * 1000 FROM task_run",
+            &[],
+        )
+        .await?;
+    stop(vec![w]).await;
+    println!("## scheduled lateness (rows due every {spacing_ms} ms, inserted ahead of time)");
+    summarize(
+        "ready_at → first step starts",
+        rows.iter().map(|r| r.get::<_, f64>(0)).collect(),
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let mut b = Bench::setup().await?;
+    println!(
+        "nproc {}  worker {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        b.worker_bin.display()
+    );
+    match what.as_str() {
+        "drain" => drain(&mut b).await?,
+        "latency" => latency(&mut b).await?,
+        "lateness" => lateness(&mut b).await?,
+        "all" => {
+            latency(&mut b).await?;
+            lateness(&mut b).await?;
+            drain(&mut b).await?;
+        }
+        other => {
+            return Err(format!("unknown step {other} (drain, latency, lateness, all)").into())
+        }
+    }
+    let admin = connect(&env(
+        "BENCH_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    ))
+    .await?;
+    drop(b);
+    let _ = admin
+        .execute(
+            &format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                env("BENCH_DB", "orrery_bench")
+            ),
+            &[],
+        )
+        .await;
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! Writes finished attempts in batches: whatever has accumulated while the previous statement ran goes
+//! into the next one (one statement per batch settles the rows and inserts their task_run rows).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use orrery::queue::{self, Completion, Settlement};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::run_events::RunEvent;
+use crate::worker::Shared;
+
+/// Upper bound of one completion statement.
+const MAX_BATCH: usize = 1000;
+
+pub enum Finished {
+    Settle {
+        completion: Completion,
+        task_id: Uuid,
+        attempt: i32,
+    },
+    /// Claimed but never started (shutdown): lease cleared, attempt given back.
+    Release { id: i64, fencing_token: i64 },
+}
+
+pub async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finished>) {
+    let mut batch: Vec<Finished> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        match rx.recv().await {
+            Some(first) => batch.push(first),
+            None => return,
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        flush(&shared, &mut batch).await;
+    }
+}
+
+async fn flush(shared: &Shared, batch: &mut Vec<Finished>) {
+    let mut settle = Vec::new();
+    let mut meta = Vec::new();
+    let mut release = Vec::new();
+    for f in batch.drain(..) {
+        match f {
+            Finished::Settle {
+                completion,
+                task_id,
+                attempt,
+            } => {
+                meta.push((task_id, attempt));
+                settle.push(completion);
+            }
+            Finished::Release { id, fencing_token } => release.push((id, fencing_token)),
+        }
+    }
+    if !settle.is_empty() {
+        let started = std::time::Instant::now();
+        let accepted = write_with_retry(shared, "complete", || async {
+            let client = shared.pool.get().await?;
+            Ok(
+                queue::complete_batch(&client, &shared.worker_id, &settle, shared.clock.param())
+                    .await?,
+            )
+        })
+        .await;
+        tracing::debug!(
+            batch = settle.len(),
+            complete_us = started.elapsed().as_micros() as u64,
+            "completed"
+        );
+        let accepted: std::collections::HashSet<i64> = accepted.into_iter().collect();
+        for (c, (task_id, attempt)) in settle.iter().zip(meta.iter()) {
+            let ok = accepted.contains(&c.id);
+            if !ok {
+                tracing::warn!(
+                    due_work_id = c.id,
+                    task_id = %task_id,
+                    attempt,
+                    fencing_token = c.fencing_token,
+                    "completion discarded: the lease was lost to a newer claim (or the task was deleted)"
+                );
+                orrery::metrics::WORK
+                    .with_label_values(&["discarded"])
+                    .inc();
+                continue;
+            }
+            let event = match c.settlement {
+                Settlement::Succeeded => "succeeded",
+                Settlement::Retry { .. } => "failed",
+                Settlement::Dead => "dead",
+            };
+            match c.settlement {
+                Settlement::Succeeded => {
+                    shared.processed.fetch_add(1, Ordering::Relaxed);
+                    orrery::metrics::WORK
+                        .with_label_values(&["succeeded"])
+                        .inc();
+                }
+                Settlement::Retry { .. } => {
+                    shared.processed.fetch_add(1, Ordering::Relaxed);
+                    shared.failed.fetch_add(1, Ordering::Relaxed);
+                    orrery::metrics::WORK.with_label_values(&["failed"]).inc();
+                    orrery::metrics::WORK.with_label_values(&["retried"]).inc();
+                }
+                Settlement::Dead => {
+                    shared.processed.fetch_add(1, Ordering::Relaxed);
+                    shared.failed.fetch_add(1, Ordering::Relaxed);
+                    orrery::metrics::WORK.with_label_values(&["failed"]).inc();
+                    orrery::metrics::WORK.with_label_values(&["dead"]).inc();
+                }
+            }
+            shared.events.send(RunEvent {
+                due_work_id: c.id,
+                task_id: *task_id,
+                event,
+                attempt: *attempt,
+            });
+        }
+        let mut held = shared.held.lock().expect("held lock");
+        for c in &settle {
+            held.remove(&c.id);
+        }
+    }
+    if !release.is_empty() {
+        let released = write_with_retry(shared, "release", || async {
+            let client = shared.pool.get().await?;
+            Ok(queue::release_unstarted(&client, &release).await?)
+        })
+        .await;
+        orrery::metrics::WORK
+            .with_label_values(&["released"])
+            .inc_by(released.len() as u64);
+        tracing::info!(
+            released = released.len(),
+            "released prefetched rows that never started"
+        );
+        let mut held = shared.held.lock().expect("held lock");
+        for (id, _) in &release {
+            held.remove(id);
+        }
+    }
+    shared.capacity.notify_one();
+}
+
+/// Retries a write while PostgreSQL is unreachable: the leases are still ours until they expire, and a
+/// write that arrives after a newer claim is discarded by the fencing token anyway. Gives up (the rows are
+/// then reclaimed after their leases expire) once two lease periods have passed.
+async fn write_with_retry<F, Fut>(shared: &Shared, what: &str, mut write: F) -> Vec<i64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Vec<i64>>>,
+{
+    let deadline =
+        std::time::Instant::now() + Duration::from_secs_f64(shared.settings.lease_seconds * 2.0);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match write().await {
+            Ok(ids) => return ids,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::warn!(error = %format!("{e:#}"), what, retry_in_ms = backoff.as_millis() as u64, "queue write failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), what, "queue write failed; giving up, the leases will expire");
+                return Vec::new();
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Run lifecycle events on `orrery:runs` (started, succeeded, failed, dead), pipelined in batches off the
+//! hot path, and the `events.publish` sink (XADD to `events`).
+//!
+//! Events are hints for dashboards and `redis-cli`: with Redis down they are dropped (the truth is
+//! `task_run`), and a full buffer drops rather than slows runs down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use orrery::queue::ClaimedWork;
+use orrery::streams::{Redis, EVENTS, RUNS, RUNS_MAXLEN};
+use serde_json::Value;
+use tokio::sync::{mpsc, Mutex};
+use uuid::Uuid;
+
+use crate::executor::{BoxFuture, EventSink};
+
+const BUFFER: usize = 100_000;
+const MAX_PIPELINE: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct RunEvent {
+    pub due_work_id: i64,
+    pub task_id: Uuid,
+    pub event: &'static str,
+    pub attempt: i32,
+}
+
+impl RunEvent {
+    pub fn new(work: &ClaimedWork, event: &'static str) -> Self {
+        Self {
+            due_work_id: work.id,
+            task_id: work.task_id,
+            event,
+            attempt: work.attempt,
+        }
+    }
+}
+
+pub struct RunEvents {
+    tx: std::sync::Mutex<Option<mpsc::Sender<RunEvent>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl RunEvents {
+    pub fn start(redis: Redis, worker_id: String) -> Self {
+        let (tx, rx) = mpsc::channel(BUFFER);
+        let task = tokio::spawn(publish_loop(redis, worker_id, rx));
+        Self {
+            tx: std::sync::Mutex::new(Some(tx)),
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// Never blocks: a full buffer (Redis slow or down) drops the event.
+    pub fn send(&self, event: RunEvent) {
+        if let Some(tx) = self.tx.lock().expect("events lock").as_ref() {
+            let _ = tx.try_send(event);
+        }
+    }
+
+    /// Flushes what is buffered, waiting at most `timeout`.
+    pub async fn close(&self, timeout: Duration) {
+        self.tx.lock().expect("events lock").take();
+        if let Some(task) = self.task.lock().await.take() {
+            let _ = tokio::time::timeout(timeout, task).await;
+        }
+    }
+}
+
+async fn publish_loop(redis: Redis, worker_id: String, mut rx: mpsc::Receiver<RunEvent>) {
+    let key = redis.key(RUNS);
+    let mut batch = Vec::with_capacity(MAX_PIPELINE);
+    let mut warned = false;
+    loop {
+        match rx.recv().await {
+            Some(e) => batch.push(e),
+            None => return,
+        }
+        while batch.len() < MAX_PIPELINE {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        for e in &batch {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(RUNS_MAXLEN)
+                .arg("*")
+                .arg("run_id")
+                .arg(e.due_work_id)
+                .arg("due_work_id")
+                .arg(e.due_work_id)
+                .arg("task_id")
+                .arg(e.task_id.to_string())
+                .arg("event")
+                .arg(e.event)
+                .arg("attempt")
+                .arg(e.attempt)
+                .arg("worker_id")
+                .arg(&worker_id)
+                .ignore();
+        }
+        let sent = async {
+            let mut conn = redis.conn().await?;
+            pipe.query_async::<()>(&mut conn).await
+        }
+        .await;
+        match sent {
+            Ok(()) => warned = false,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(error = %e, dropped = batch.len(), "run events not published (redis unavailable)");
+                    warned = true;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// `events.publish`: XADD to the `events` stream, published by the running task.
+pub struct StreamSink {
+    redis: Redis,
+    published_by: String,
+}
+
+impl StreamSink {
+    pub fn new(redis: Redis, published_by: String) -> Self {
+        Self {
+            redis,
+            published_by,
+        }
+    }
+}
+
+impl EventSink for StreamSink {
+    fn publish(&self, topic: String, payload: Value) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            let fields = [
+                ("event_id", Uuid::new_v4().to_string()),
+                ("topic", topic),
+                ("payload", payload.to_string()),
+                ("published_by", self.published_by.clone()),
+                (
+                    "published_at",
+                    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+                ),
+            ];
+            self.redis
+                .xadd(EVENTS, None, &fields)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Keeps `Arc` in the public surface consistent for callers building executors.
+pub type SharedSink = Arc<dyn EventSink>;

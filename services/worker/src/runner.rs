@@ -1,0 +1,279 @@
+//! Runs claimed rows, at most `WORKER_CONCURRENCY` at once, and decides how each attempt settles.
+//!
+//! [`run_one`] is the seam between the queue and the pipeline executor: a claimed row in, the step output
+//! and the outcome out.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use orrery::model::{backoff_delay, BackoffStrategy};
+use orrery::pipeline::Payload;
+use orrery::queue::{ClaimedWork, Completion, Settlement};
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, watch, Mutex};
+
+use crate::claimer::Claimed;
+use crate::completer::Finished;
+use crate::executor::{ErrorKind, Executor, RunContext, RunFailure};
+use crate::run_events::{RunEvent, StreamSink};
+use crate::worker::{Held, Shared};
+
+pub async fn runner_loop(
+    shared: Arc<Shared>,
+    work: Arc<Mutex<mpsc::UnboundedReceiver<Claimed>>>,
+    done: mpsc::UnboundedSender<Finished>,
+    abort: watch::Receiver<bool>,
+) {
+    let http = match Executor::default_http_client() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the HTTP client");
+            reqwest::Client::new()
+        }
+    };
+    loop {
+        let next = { work.lock().await.recv().await };
+        let Some(Claimed { work, claimed }) = next else {
+            return;
+        };
+        if shared.is_stopping() {
+            // Prefetched but never started: give the attempt back.
+            let _ = done.send(Finished::Release {
+                id: work.id,
+                fencing_token: work.fencing_token,
+            });
+            continue;
+        }
+        {
+            let mut held = shared.held.lock().expect("held lock");
+            held.insert(
+                work.id,
+                Held {
+                    fencing_token: work.fencing_token,
+                    started: true,
+                },
+            );
+        }
+        shared.running.fetch_add(1, Ordering::SeqCst);
+        let started_instant = Instant::now();
+        let started_at = on_db_clock(work.claimed_at, claimed, started_instant);
+        let lag = (started_at - work.ready_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        orrery::metrics::QUEUE_LAG
+            .with_label_values(&[work.trigger.as_str()])
+            .observe(lag.max(0.0));
+        shared.events.send(RunEvent::new(&work, "started"));
+
+        let mut abort = abort.clone();
+        let (output, outcome) = tokio::select! {
+            r = run_one(&shared, &http, &work) => r,
+            _ = async { while !*abort.borrow() { if abort.changed().await.is_err() { std::future::pending::<()>().await; } } } => {
+                (None, Err(RunFailure {
+                    kind: ErrorKind::Retryable,
+                    code: "shutdown",
+                    message: "the worker shut down before the run finished (shutdown grace period exceeded)".into(),
+                    step_id: None,
+                }))
+            }
+        };
+        let elapsed = started_instant.elapsed();
+        let finished_at = started_at
+            + chrono::Duration::from_std(elapsed).unwrap_or_else(|_| chrono::Duration::zero());
+        let completion = settle(&shared, &work, outcome, output, started_at, finished_at);
+        orrery::metrics::RUN_DURATION
+            .with_label_values(&[match completion.settlement {
+                Settlement::Succeeded => "succeeded",
+                Settlement::Retry { .. } => "retried",
+                Settlement::Dead => "dead",
+            }])
+            .observe(elapsed.as_secs_f64());
+        shared.running.fetch_sub(1, Ordering::SeqCst);
+        let _ = done.send(Finished::Settle {
+            completion,
+            task_id: work.task_id,
+            attempt: work.attempt,
+        });
+    }
+}
+
+/// The database instant `at_local` corresponds to, given that the claim answered at `claimed_at` (database
+/// clock) when the local monotonic clock read `claimed_local`.
+fn on_db_clock(
+    claimed_at: DateTime<Utc>,
+    claimed_local: Instant,
+    at_local: Instant,
+) -> DateTime<Utc> {
+    claimed_at
+        + chrono::Duration::from_std(at_local.saturating_duration_since(claimed_local))
+            .unwrap_or_else(|_| chrono::Duration::zero())
+}
+
+/// Runs one claimed row's pipeline. Returns the step output (if any) and the outcome.
+pub async fn run_one(
+    shared: &Shared,
+    http: &reqwest::Client,
+    work: &ClaimedWork,
+) -> (Option<Value>, Result<(), RunFailure>) {
+    let payload: Payload = match serde_json::from_value(work.task_payload.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            return (
+                None,
+                Err(RunFailure {
+                    kind: ErrorKind::Permanent,
+                    code: "invalid_payload",
+                    message: format!("the task's payload is not a valid pipeline: {e}"),
+                    step_id: None,
+                }),
+            )
+        }
+    };
+    let ctx = run_context(work, &payload);
+    let sink = Arc::new(StreamSink::new(
+        shared.redis.clone(),
+        format!("task:{}", work.task_id),
+    ));
+    let executor =
+        Executor::new(http.clone(), sink).with_body_cap(shared.settings.http_body_cap.max(1));
+    let timeout = Duration::from_secs(work.timeout_seconds.max(1) as u64);
+    let (output, outcome) = executor.run(&payload, &ctx, timeout).await;
+    (Some(output), outcome)
+}
+
+/// The template context of a run (API decision 4): task params merged with the row's params (run-now wins).
+pub fn run_context(work: &ClaimedWork, payload: &Payload) -> RunContext {
+    let mut params: Map<String, Value> = payload.params.clone();
+    if let Some(Value::Object(extra)) = &work.params {
+        for (k, v) in extra {
+            params.insert(k.clone(), v.clone());
+        }
+    }
+    RunContext {
+        task_id: work.task_id,
+        task_title: work.task_title.clone(),
+        run_id: work.id,
+        attempt: work.attempt,
+        scheduled_for: work.run_at,
+        params,
+        event: work.event.clone(),
+    }
+}
+
+/// Success → row deleted; retryable failure with retries left → rescheduled after the task's backoff;
+/// anything else → dead.
+fn settle(
+    shared: &Shared,
+    work: &ClaimedWork,
+    outcome: Result<(), RunFailure>,
+    output: Option<Value>,
+    started_at: DateTime<Utc>,
+    finished_at: DateTime<Utc>,
+) -> Completion {
+    let (settlement, error, error_kind) = match outcome {
+        Ok(()) => (Settlement::Succeeded, None, None),
+        Err(failure) => {
+            let settlement = decide(
+                &failure,
+                work.attempt,
+                work.max_retries,
+                &work.backoff_strategy,
+                shared.settings.backoff_base,
+                shared.settings.backoff_max,
+                rand::random::<f64>(),
+            );
+            tracing::info!(
+                due_work_id = work.id,
+                task_id = %work.task_id,
+                attempt = work.attempt,
+                error_kind = failure.code,
+                retry = matches!(settlement, Settlement::Retry { .. }),
+                error = %failure,
+                "run failed"
+            );
+            (
+                settlement,
+                Some(failure.to_string()),
+                Some(failure.code.to_string()),
+            )
+        }
+    };
+    Completion {
+        id: work.id,
+        fencing_token: work.fencing_token,
+        settlement,
+        started_at,
+        finished_at,
+        error,
+        error_kind,
+        output,
+    }
+}
+
+/// Retry while the failure is retryable and `attempt ≤ max_retries` (so a task makes at most
+/// `max_retries + 1` attempts); the delay before attempt n+1 is `backoff_delay(strategy, n, base, max)`.
+pub fn decide(
+    failure: &RunFailure,
+    attempt: i32,
+    max_retries: i16,
+    strategy: &str,
+    base: f64,
+    max: f64,
+    jitter: f64,
+) -> Settlement {
+    if failure.is_retryable() && attempt <= max_retries as i32 {
+        let strategy: BackoffStrategy = strategy
+            .parse()
+            .unwrap_or(BackoffStrategy::ExponentialJitter);
+        Settlement::Retry {
+            delay_seconds: backoff_delay(strategy, attempt.max(1) as u32, base, max, jitter),
+        }
+    } else {
+        Settlement::Dead
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(kind: ErrorKind) -> RunFailure {
+        RunFailure {
+            kind,
+            code: "x",
+            message: "m".into(),
+            step_id: None,
+        }
+    }
+
+    #[test]
+    fn retryable_failures_retry_until_max_retries_then_die() {
+        let f = failure(ErrorKind::Retryable);
+        assert_eq!(
+            decide(&f, 1, 3, "linear", 1.0, 60.0, 0.0),
+            Settlement::Retry { delay_seconds: 1.0 }
+        );
+        assert_eq!(
+            decide(&f, 3, 3, "linear", 1.0, 60.0, 0.0),
+            Settlement::Retry { delay_seconds: 3.0 }
+        );
+        assert_eq!(decide(&f, 4, 3, "linear", 1.0, 60.0, 0.0), Settlement::Dead);
+        assert_eq!(decide(&f, 1, 0, "fixed", 1.0, 60.0, 0.0), Settlement::Dead);
+    }
+
+    #[test]
+    fn permanent_failures_die_at_once() {
+        let f = failure(ErrorKind::Permanent);
+        assert_eq!(decide(&f, 1, 10, "fixed", 1.0, 60.0, 0.0), Settlement::Dead);
+    }
+
+    #[test]
+    fn exponential_backoff_doubles_and_is_capped() {
+        let f = failure(ErrorKind::Retryable);
+        let d = |attempt| match decide(&f, attempt, 10, "exponential_jitter", 1.0, 5.0, 1.0) {
+            Settlement::Retry { delay_seconds } => delay_seconds,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((d(1), d(2), d(3), d(4)), (1.0, 2.0, 4.0, 5.0));
+    }
+}

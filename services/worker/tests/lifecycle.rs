@@ -1,0 +1,299 @@
+//! Worker processes dying, stopping and outliving their leases.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use orrery::testing::{redis_prefix, wait_for, TestDb};
+use serde_json::json;
+
+fn sleeper(seconds: f64) -> TaskSpec {
+    TaskSpec {
+        pipeline: json!([{"id": "nap", "uses": "sleep", "with": {"seconds": seconds}}]),
+        ..TaskSpec::default()
+    }
+}
+
+#[tokio::test]
+async fn a_row_of_a_killed_worker_is_completed_by_another_after_its_lease_expires() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let prefix = redis_prefix();
+    let task = insert_task(&c, sleeper(1.0)).await;
+    let id = insert_work(&c, task, WorkSpec::default()).await;
+    let env = [
+        ("WORKER_LEASE_SECONDS", "2"),
+        ("WORKER_POLL_INTERVAL", "0.1"),
+    ];
+    let mut doomed = start_worker(&db, &prefix, &env).await;
+    hint(&prefix).await;
+    wait_count(
+        &c,
+        "the row to be leased",
+        "SELECT count(*) FROM due_work WHERE locked_by IS NOT NULL AND attempt = 1",
+        1,
+    )
+    .await;
+    doomed.kill().await;
+    let _survivor = start_worker(&db, &prefix, &env).await;
+    wait_count(
+        &c,
+        "the row to complete",
+        "SELECT count(*) FROM task_run WHERE success",
+        1,
+    )
+    .await;
+    let runs = runs(&c).await;
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0].attempt, 1);
+    assert_eq!(runs[0].error_kind.as_deref(), Some("lease_expired"));
+    assert!(!runs[0].success);
+    assert_eq!(runs[1].attempt, 2, "attempt numbering continues");
+    assert_eq!(runs[1].trigger, "retry");
+    assert!(runs[1].success);
+    assert_ne!(runs[0].worker_id, runs[1].worker_id);
+    assert_eq!(runs[1].due_work_id, Some(id));
+    assert_eq!(count(&c, "SELECT count(*) FROM due_work").await, 0);
+}
+
+#[tokio::test]
+async fn a_run_longer_than_its_lease_is_never_run_twice_concurrently() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let prefix = redis_prefix();
+    let task = insert_task(&c, sleeper(4.0)).await;
+    insert_work(&c, task, WorkSpec::default()).await;
+    let env = [
+        ("WORKER_LEASE_SECONDS", "1"),
+        ("WORKER_POLL_INTERVAL", "0.05"),
+    ];
+    let _a = start_worker(&db, &prefix, &env).await;
+    let _b = start_worker(&db, &prefix, &env).await;
+    hint(&prefix).await;
+    wait_count(&c, "the run", "SELECT count(*) FROM task_run", 1).await;
+    // Give a duplicate (if any) time to show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let runs = runs(&c).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0].success);
+    assert_eq!(runs[0].attempt, 1);
+    let took = runs[0].finished_at - runs[0].started_at.unwrap();
+    assert!(took >= chrono::Duration::milliseconds(3900), "{took:?}");
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_runs_releases_the_rest_and_loses_nothing() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let prefix = redis_prefix();
+    let task = insert_task(&c, sleeper(0.6)).await;
+    insert_many(&c, task, 20).await;
+    let env = [("WORKER_CONCURRENCY", "2"), ("WORKER_BATCH_SIZE", "10")];
+    let mut first = start_worker(&db, &prefix, &env).await;
+    hint(&prefix).await;
+    wait_count(
+        &c,
+        "runs in flight",
+        "SELECT count(*) FROM due_work WHERE locked_by IS NOT NULL",
+        3,
+    )
+    .await;
+    let (code, took) = first.terminate(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "log:\n{}", first.log_text());
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let done = count(&c, "SELECT count(*) FROM task_run").await;
+    assert!(done >= 2, "in-flight runs finished: {done}");
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM due_work WHERE locked_by IS NOT NULL OR attempt <> 0"
+        )
+        .await,
+        0,
+        "unstarted rows are released with their attempt given back"
+    );
+    let state: String = c
+        .query_one("SELECT state FROM worker_heartbeat", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "stopped");
+    let _second = start_worker(&db, &prefix, &[("WORKER_CONCURRENCY", "8")]).await;
+    hint(&prefix).await;
+    wait_count(&c, "all 20 runs", "SELECT count(*) FROM task_run", 20).await;
+    let runs = runs(&c).await;
+    assert_eq!(runs.len(), 20);
+    assert!(runs.iter().all(|r| r.success && r.attempt == 1), "{runs:?}");
+}
+
+#[tokio::test]
+async fn runs_still_going_at_the_end_of_the_grace_period_are_rescheduled() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let prefix = redis_prefix();
+    let task = insert_task(&c, sleeper(30.0)).await;
+    let id = insert_work(&c, task, WorkSpec::default()).await;
+    let mut w = start_worker(&db, &prefix, &[("WORKER_SHUTDOWN_GRACE_SECONDS", "1")]).await;
+    hint(&prefix).await;
+    wait_count(
+        &c,
+        "the run in flight",
+        "SELECT count(*) FROM due_work WHERE locked_by IS NOT NULL",
+        1,
+    )
+    .await;
+    let (code, took) = w.terminate(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0));
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    let r = runs(&c).await;
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].error_kind.as_deref(), Some("shutdown"));
+    let row = c
+        .query_one(
+            "SELECT state, attempt, locked_by FROM due_work WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "pending");
+    assert_eq!(row.get::<_, i32>(1), 1);
+    assert_eq!(row.get::<_, Option<String>>(2), None);
+}
+
+#[tokio::test]
+async fn an_idle_worker_stops_within_five_seconds_and_reports_its_heartbeat() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let prefix = redis_prefix();
+    let mut w = start_worker(&db, &prefix, &[]).await;
+    let row = wait_for("a heartbeat row", WAIT, || async {
+        c.query_opt(
+            "SELECT worker_id, pid, state, in_flight FROM worker_heartbeat",
+            &[],
+        )
+        .await
+        .unwrap()
+    })
+    .await;
+    let worker_id: String = row.get(0);
+    assert_eq!(row.get::<_, i32>(1), w.pid());
+    assert!(worker_id.contains(&format!("-{}-", w.pid())), "{worker_id}");
+    assert_eq!(row.get::<_, String>(2), "running");
+    let (code, took) = w.terminate(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let state: String = c
+        .query_one("SELECT state FROM worker_heartbeat", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "stopped");
+}
+
+#[tokio::test]
+async fn work_is_picked_up_by_polling_when_no_hint_arrives() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let prefix = redis_prefix();
+    let task = insert_task(&c, TaskSpec::default()).await;
+    let _w = start_worker(&db, &prefix, &[]).await;
+    // Due in 1.5 s: the worker learns the instant from its next-wake query once it looks (at most 5 s).
+    insert_work(
+        &c,
+        task,
+        WorkSpec {
+            run_at_offset: 1.5,
+            ..WorkSpec::default()
+        },
+    )
+    .await;
+    wait_count(&c, "the run", "SELECT count(*) FROM task_run", 1).await;
+    let r = runs(&c).await;
+    assert!(r[0].success);
+}
+
+#[tokio::test]
+async fn a_future_row_starts_at_its_ready_at_not_before() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let prefix = redis_prefix();
+    let task = insert_task(&c, TaskSpec::default()).await;
+    let _w = start_worker(&db, &prefix, &[]).await;
+    let id = insert_work(
+        &c,
+        task,
+        WorkSpec {
+            run_at_offset: 1.0,
+            ..WorkSpec::default()
+        },
+    )
+    .await;
+    hint(&prefix).await;
+    wait_count(&c, "the run", "SELECT count(*) FROM task_run", 1).await;
+    let r = runs(&c).await;
+    let run_at: chrono::DateTime<chrono::Utc> = c
+        .query_one(
+            "SELECT scheduled_for FROM task_run WHERE due_work_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let late = r[0].started_at.unwrap() - run_at;
+    assert!(late >= chrono::Duration::zero(), "started early: {late:?}");
+    assert!(
+        late < chrono::Duration::milliseconds(500),
+        "started late: {late:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_row_whose_last_allowed_attempt_lost_its_lease_goes_dead_instead_of_looping() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let prefix = redis_prefix();
+    let task = insert_task(
+        &c,
+        TaskSpec {
+            max_retries: 0,
+            ..TaskSpec::default()
+        },
+    )
+    .await;
+    let id = insert_work(&c, task, WorkSpec::default()).await;
+    // As a worker that crashed during attempt 1 leaves it.
+    c.execute(
+        "UPDATE due_work SET attempt = 1, locked_by = 'ghost-1-abc', locked_until = now() - interval '1 second',
+                             fencing_token = 7 WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    let _w = start_worker(&db, &prefix, &[]).await;
+    hint(&prefix).await;
+    wait_count(
+        &c,
+        "the row to go dead",
+        "SELECT count(*) FROM due_work WHERE state = 'dead'",
+        1,
+    )
+    .await;
+    let r = runs(&c).await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].error_kind.as_deref(), Some("lease_expired"));
+    assert_eq!(r[0].worker_id.as_deref(), Some("ghost-1-abc"));
+    assert_eq!(r[0].attempt, 1);
+    let row = c
+        .query_one(
+            "SELECT last_error_kind, locked_by FROM due_work WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("lease_expired")
+    );
+    assert_eq!(row.get::<_, Option<String>>(1), None);
+}

@@ -1,0 +1,18 @@
+//! Orrery's shared library: configuration, telemetry, database and migrations, Redis streams, the schedule
+//! engine, pipelines, and the SQL of the queue. The three binaries stay thin on top of it.
+
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod health;
+pub mod metrics;
+pub mod model;
+pub mod pipeline;
+pub mod queue;
+pub mod runtime;
+pub mod schedule;
+pub mod shutdown;
+pub mod streams;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
