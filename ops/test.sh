@@ -85,3 +85,5 @@ log "cargo test"
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
 log "local mode end to end (ops/start.sh local)"
 bash ops/test-local-mode.sh
+log "OpenAPI-driven fuzzing of the API (schemathesis)"
+bash ops/fuzz-api.sh
