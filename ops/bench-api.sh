@@ -38,6 +38,7 @@ PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); 
 BASE="http://127.0.0.1:$PORT"
 WORK="$(mktemp -d -t orrery-bench.XXXXXX)"
 API_PID=""
+# shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
   if [ -n "$API_PID" ] && kill -0 "$API_PID" 2>/dev/null; then
     kill -TERM "$API_PID" 2>/dev/null || true
@@ -105,7 +106,7 @@ audited="$(psql "$BENCH_DB_URL" -qAtc "SELECT count(*) FROM audit_log WHERE acti
 echo
 echo "| endpoint | req/s | p99 | non-2xx |"
 echo "|---|---|---|---|"
-row() { [ -n "${RPS[$2]:-}" ] && echo "| $1 | ${RPS[$2]} | ${P99[$2]} | ${ERRS[$2]:-0} |" || true; }
+row() { if [ -n "${RPS[$2]:-}" ]; then echo "| $1 | ${RPS[$2]} | ${P99[$2]} | ${ERRS[$2]:-0} |"; fi; }
 row "GET /tasks/{id}" get_task
 row "POST /tasks" post_task
 row "GET /health/live" health_live

@@ -42,6 +42,7 @@ BIN="${CARGO_TARGET_DIR:-target}/$PROFILE/orrery-api"
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
 API_PID=""
 LOG_FILE="$(mktemp -t orrery-fuzz-api.XXXXXX.log)"
+# shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
   if [ -n "$API_PID" ] && kill -0 "$API_PID" 2>/dev/null; then
     kill -TERM "$API_PID" 2>/dev/null || true
@@ -77,7 +78,7 @@ curl -fsS -m 5 -o /dev/null -X POST "http://127.0.0.1:$PORT/events" -H "$AUTH" -
   -d '{"topic":"fuzz.seed","payload":{"n":1}}'
 
 ARGS=(run "http://127.0.0.1:$PORT/openapi.json"
-  --checks not_a_server_error,response_schema_conformance
+  --checks "not_a_server_error,response_schema_conformance"
   --header "$AUTH"
   --max-examples "$MAX_EXAMPLES"
   --workers 2
