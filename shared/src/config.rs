@@ -130,7 +130,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("worker_backoff_base_delay", "1"),
     ("worker_backoff_max_delay", "60"),
     ("worker_concurrency", "32"),
-    ("worker_batch_size", "200"),
+    ("worker_batch_size", "500"),
     ("worker_shutdown_grace_seconds", "25"),
     ("worker_http_body_cap_bytes", "65536"),
 ];

@@ -36,16 +36,14 @@ pub struct ClaimedWork {
     pub timeout_seconds: i32,
     pub max_retries: i16,
     pub backoff_strategy: String,
-    /// The database clock when the claim statement finished (anchor for started_at / queue lag).
+    /// The database clock as the claim statement produced its rows, after every write of the claim (anchor for
+    /// started_at / queue lag; at or after `now()` of the claim, hence at or after every claimed `ready_at`).
     pub claimed_at: DateTime<Utc>,
 }
 
 /// The claim statement. $1 worker id, $2 lease seconds, $3 batch size, $4 clock (NULL = now()).
 pub const CLAIM_SQL: &str = r#"
-WITH clock AS (
-    SELECT coalesce($4::timestamptz, now()) AS now,
-           coalesce($4::timestamptz, clock_timestamp()) AS wall
-),
+WITH clock AS (SELECT coalesce($4::timestamptz, now()) AS now),
 candidate AS (
     SELECT d.id, d.task_id, d.run_at, d.ready_at, d.priority, d.concurrency_key, d.overlap, d.catchup,
            d.misfire_grace_seconds, d.trigger, d.attempt, d.locked_by, d.locked_until
@@ -159,7 +157,7 @@ recorded AS (
 SELECT c.id, c.task_id, c.run_at, c.ready_at, c.priority, c.concurrency_key, c.trigger, c.attempt,
        c.fencing_token, c.event_id, c.event, c.params,
        t.title, t.payload, t.timeout_seconds, t.max_retries, t.backoff_strategy,
-       (SELECT wall FROM clock)
+       coalesce($4::timestamptz, clock_timestamp())
   FROM claimed c
   JOIN task t ON t.id = c.task_id
  ORDER BY c.priority, c.ready_at, c.id

@@ -13,8 +13,8 @@ use crate::worker::{Held, Shared};
 /// With Redis up, hints wake idle workers; this bounds the sleep anyway (rows inserted without a hint).
 const IDLE_CAP_WITH_REDIS: Duration = Duration::from_secs(5);
 
-/// A claimed row and the local instant its claim statement was sent (to place the start on the database
-/// clock: `claimed_at` was read by PostgreSQL after that instant).
+/// A claimed row and the local instant its claim's rows arrived (to place the start on the database clock:
+/// `claimed_at` was read by PostgreSQL as it produced the rows, just before that instant).
 pub struct Claimed {
     pub work: ClaimedWork,
     pub claimed: Instant,
@@ -63,25 +63,40 @@ pub async fn claim_loop(
 ) {
     let mut conn = ClaimConnection { client: None };
     let batch = shared.settings.batch_size.max(1);
+    let concurrency = shared.settings.concurrency.max(1);
     let max_outstanding = shared.settings.max_outstanding();
-    // Claim again once a quarter of a batch is free: big statements, a buffer that never runs dry.
-    let threshold = (batch / 4).clamp(1, shared.settings.concurrency.max(1));
+    // Claim again once a quarter of a batch is wanted: big statements, a buffer that never runs dry.
+    let big_claim = (batch / 4).clamp(1, concurrency);
+    let mut pace = Pace::new(shared.processed.load(Ordering::Relaxed));
     let mut backoff = Duration::from_millis(100);
     loop {
         if *stop.borrow() {
             return;
         }
-        let room = max_outstanding.saturating_sub(shared.held_count());
-        if room < threshold {
+        let rate = pace.update(shared.processed.load(Ordering::Relaxed));
+        let (held, buffered) = shared.held_and_buffered();
+        let running = (shared.running.load(Ordering::SeqCst).max(0) as usize).min(concurrency);
+        let free = concurrency - running;
+        let want = wanted(
+            free,
+            buffered,
+            rate,
+            max_outstanding.saturating_sub(held),
+            batch,
+        );
+        // Small claims only to fill idle runners that no buffered row will take (slow work); otherwise wait
+        // until a big one is worth it.
+        let idle_uncovered = free.saturating_sub(buffered);
+        if want == 0 || want < big_claim.min(idle_uncovered.max(1)) {
             tokio::select! {
                 _ = shared.capacity.notified() => {}
                 _ = stop.changed() => {}
             }
             continue;
         }
-        let want = room.min(batch);
-        // Taken before the statement is sent: the claim's database clock reading is at or after this
-        // instant, so start times derived from it are never early.
+        // Start times are placed on the database clock from the claim's last clock reading and the instant its
+        // rows arrived (see `received`): never before the claimed rows' ready_at, and short of the true start
+        // only by the answer's transit on the connection.
         let sent = Instant::now();
         let claimed = match claim(&shared, &mut conn, want).await {
             Ok(c) => {
@@ -99,6 +114,7 @@ pub async fn claim_loop(
                 continue;
             }
         };
+        let received = Instant::now();
         let got = claimed.len();
         if got > 0 {
             tracing::debug!(
@@ -128,7 +144,7 @@ pub async fn claim_loop(
                 if work_tx
                     .send(Claimed {
                         work,
-                        claimed: sent,
+                        claimed: received,
                     })
                     .is_err()
                 {
@@ -139,8 +155,53 @@ pub async fn claim_loop(
         if got == want {
             continue;
         }
+        // Fewer than wanted: the queue is empty for now. A drain that ended should not keep a stale rate.
+        pace.rate = 0.0;
         // The queue had less than we asked for: wait for a reason to look again.
         idle_wait(&shared, &mut conn, &mut stop).await;
+    }
+}
+
+/// How long ahead the local buffer should cover at the current completion rate.
+const PREFETCH_WINDOW: f64 = 0.05;
+
+/// Rows to claim now: enough to fill the idle runners plus what the runners get through in
+/// [`PREFETCH_WINDOW`] at the measured rate, minus what is already buffered, within `room` and one batch.
+///
+/// Short jobs at thousands per second make that a whole batch (big statements, a buffer that never runs dry);
+/// slow jobs make it just the idle runners, so a busy worker never sits on rows that an idle worker could start
+/// (with a fixed prefetch, the first of several idle workers to claim took a whole burst of slow work and ran
+/// it `WORKER_CONCURRENCY` at a time while the others waited).
+pub(crate) fn wanted(free: usize, buffered: usize, rate: f64, room: usize, batch: usize) -> usize {
+    let ahead = (rate.max(0.0) * PREFETCH_WINDOW).min(batch as f64) as usize;
+    (free + ahead).saturating_sub(buffered).min(room).min(batch)
+}
+
+/// Completion rate (rows per second), smoothed over windows of at least 100 ms.
+struct Pace {
+    since: Instant,
+    at_since: i64,
+    rate: f64,
+}
+
+impl Pace {
+    fn new(processed: i64) -> Self {
+        Self {
+            since: Instant::now(),
+            at_since: processed,
+            rate: 0.0,
+        }
+    }
+
+    fn update(&mut self, processed: i64) -> f64 {
+        let elapsed = self.since.elapsed().as_secs_f64();
+        if elapsed >= 0.1 {
+            let current = (processed - self.at_since).max(0) as f64 / elapsed;
+            self.rate = 0.5 * self.rate + 0.5 * current;
+            self.since = Instant::now();
+            self.at_since = processed;
+        }
+        self.rate
     }
 }
 
@@ -193,5 +254,33 @@ async fn idle_wait(shared: &Shared, conn: &mut ClaimConnection, stop: &mut watch
         _ = shared.capacity.notified() => {}
         _ = tokio::time::sleep(wait) => {}
         _ = stop.changed() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wanted;
+
+    #[test]
+    fn slow_work_claims_only_what_idle_runners_can_start() {
+        // 4 runners, all busy, nothing buffered, ~3 completions per second: nothing to claim.
+        assert_eq!(wanted(0, 0, 3.0, 1000, 500), 0);
+        // One runner freed: exactly one row.
+        assert_eq!(wanted(1, 0, 3.0, 1000, 500), 1);
+        // Idle worker, no history: fill the runners, no more.
+        assert_eq!(wanted(32, 0, 0.0, 1000, 500), 32);
+        // Rows already buffered count against the idle runners.
+        assert_eq!(wanted(4, 3, 0.0, 1000, 500), 1);
+    }
+
+    #[test]
+    fn fast_work_claims_whole_batches_within_room() {
+        // 20,000 completions per second: 1,000 rows per 50 ms window, capped by the batch.
+        assert_eq!(wanted(10, 0, 20_000.0, 1000, 500), 500);
+        // Capped by the room left under WORKER_CONCURRENCY + 2 x WORKER_BATCH_SIZE.
+        assert_eq!(wanted(10, 0, 20_000.0, 120, 500), 120);
+        // 2,000 per second: 100 rows ahead plus the idle runners, minus what is buffered.
+        assert_eq!(wanted(8, 30, 2_000.0, 1000, 500), 78);
+        assert_eq!(wanted(8, 300, 2_000.0, 1000, 500), 0);
     }
 }

@@ -84,6 +84,12 @@ impl Shared {
         self.held.lock().expect("held lock").len()
     }
 
+    /// Rows held, and of those the ones claimed but not started yet.
+    pub fn held_and_buffered(&self) -> (usize, usize) {
+        let held = self.held.lock().expect("held lock");
+        (held.len(), held.values().filter(|h| !h.started).count())
+    }
+
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }

@@ -297,3 +297,39 @@ async fn a_row_whose_last_allowed_attempt_lost_its_lease_goes_dead_instead_of_lo
     );
     assert_eq!(row.get::<_, Option<String>>(1), None);
 }
+
+#[tokio::test]
+async fn slow_work_is_spread_over_idle_workers_instead_of_queued_behind_one() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let prefix = redis_prefix();
+    let task = insert_task(&c, sleeper(1.5)).await;
+    // Two idle workers with four runners each, default batch size: eight slow rows fit both at once.
+    let env = [("WORKER_CONCURRENCY", "4"), ("WORKER_POLL_INTERVAL", "0.1")];
+    let _a = start_worker(&db, &prefix, &env).await;
+    let _b = start_worker(&db, &prefix, &env).await;
+    insert_many(&c, task, 8).await;
+    hint(&prefix).await;
+    wait_count(
+        &c,
+        "eight runs",
+        "SELECT count(*) FROM task_run WHERE success",
+        8,
+    )
+    .await;
+    let runs = runs(&c).await;
+    assert_eq!(runs.len(), 8, "{runs:?}");
+    let workers: std::collections::HashSet<_> =
+        runs.iter().map(|r| r.worker_id.clone().unwrap()).collect();
+    assert_eq!(
+        workers.len(),
+        2,
+        "one worker took rows it could not start while the other stayed idle: {runs:?}"
+    );
+    let starts: Vec<_> = runs.iter().map(|r| r.started_at.unwrap()).collect();
+    let spread = *starts.iter().max().unwrap() - *starts.iter().min().unwrap();
+    assert!(
+        spread < chrono::Duration::milliseconds(1000),
+        "all eight 1.5 s runs should start together on the two workers, started over {spread:?}"
+    );
+}

@@ -12,7 +12,7 @@
 //!
 //! Drain figure: jobs ÷ (spawn of the processes → queue empty with every task_run written), startup included,
 //! like graphile-worker's raw figure. Latency uses task_run.started_at (the database clock at the claim plus
-//! the worker's monotonic time since; never early) against the bench's clock when the INSERT returned.
+//! the worker's monotonic time since its rows arrived) against the bench's clock when the INSERT returned.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
