@@ -62,6 +62,8 @@ pub struct Settings {
     pub worker_backoff_max_delay: f64,
     pub worker_concurrency: usize,
     pub worker_batch_size: usize,
+    /// Rows a worker keeps claimed beyond its idle runners whatever the measured rate (0 = adaptive only).
+    pub worker_prefetch: usize,
     pub worker_shutdown_grace_seconds: u32,
     pub worker_http_body_cap_bytes: usize,
 }
@@ -131,6 +133,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("worker_backoff_max_delay", "60"),
     ("worker_concurrency", "32"),
     ("worker_batch_size", "500"),
+    ("worker_prefetch", "0"),
     ("worker_shutdown_grace_seconds", "25"),
     ("worker_http_body_cap_bytes", "65536"),
 ];

@@ -81,6 +81,7 @@ pub async fn claim_loop(
             free,
             buffered,
             rate,
+            shared.settings.prefetch,
             max_outstanding.saturating_sub(held),
             batch,
         );
@@ -166,14 +167,22 @@ pub async fn claim_loop(
 const PREFETCH_WINDOW: f64 = 0.05;
 
 /// Rows to claim now: enough to fill the idle runners plus what the runners get through in
-/// [`PREFETCH_WINDOW`] at the measured rate, minus what is already buffered, within `room` and one batch.
+/// [`PREFETCH_WINDOW`] at the measured rate (at least `prefetch`, `WORKER_PREFETCH`), minus what is already
+/// buffered, within `room` and one batch.
 ///
 /// Short jobs at thousands per second make that a whole batch (big statements, a buffer that never runs dry);
 /// slow jobs make it just the idle runners, so a busy worker never sits on rows that an idle worker could start
 /// (with a fixed prefetch, the first of several idle workers to claim took a whole burst of slow work and ran
 /// it `WORKER_CONCURRENCY` at a time while the others waited).
-pub(crate) fn wanted(free: usize, buffered: usize, rate: f64, room: usize, batch: usize) -> usize {
-    let ahead = (rate.max(0.0) * PREFETCH_WINDOW).min(batch as f64) as usize;
+pub(crate) fn wanted(
+    free: usize,
+    buffered: usize,
+    rate: f64,
+    prefetch: usize,
+    room: usize,
+    batch: usize,
+) -> usize {
+    let ahead = ((rate.max(0.0) * PREFETCH_WINDOW).min(batch as f64) as usize).max(prefetch);
     (free + ahead).saturating_sub(buffered).min(room).min(batch)
 }
 
@@ -264,23 +273,30 @@ mod tests {
     #[test]
     fn slow_work_claims_only_what_idle_runners_can_start() {
         // 4 runners, all busy, nothing buffered, ~3 completions per second: nothing to claim.
-        assert_eq!(wanted(0, 0, 3.0, 1000, 500), 0);
+        assert_eq!(wanted(0, 0, 3.0, 0, 1000, 500), 0);
         // One runner freed: exactly one row.
-        assert_eq!(wanted(1, 0, 3.0, 1000, 500), 1);
+        assert_eq!(wanted(1, 0, 3.0, 0, 1000, 500), 1);
         // Idle worker, no history: fill the runners, no more.
-        assert_eq!(wanted(32, 0, 0.0, 1000, 500), 32);
+        assert_eq!(wanted(32, 0, 0.0, 0, 1000, 500), 32);
         // Rows already buffered count against the idle runners.
-        assert_eq!(wanted(4, 3, 0.0, 1000, 500), 1);
+        assert_eq!(wanted(4, 3, 0.0, 0, 1000, 500), 1);
     }
 
     #[test]
     fn fast_work_claims_whole_batches_within_room() {
         // 20,000 completions per second: 1,000 rows per 50 ms window, capped by the batch.
-        assert_eq!(wanted(10, 0, 20_000.0, 1000, 500), 500);
+        assert_eq!(wanted(10, 0, 20_000.0, 0, 1000, 500), 500);
         // Capped by the room left under WORKER_CONCURRENCY + 2 x WORKER_BATCH_SIZE.
-        assert_eq!(wanted(10, 0, 20_000.0, 120, 500), 120);
+        assert_eq!(wanted(10, 0, 20_000.0, 0, 120, 500), 120);
         // 2,000 per second: 100 rows ahead plus the idle runners, minus what is buffered.
-        assert_eq!(wanted(8, 30, 2_000.0, 1000, 500), 78);
-        assert_eq!(wanted(8, 300, 2_000.0, 1000, 500), 0);
+        assert_eq!(wanted(8, 30, 2_000.0, 0, 1000, 500), 78);
+        assert_eq!(wanted(8, 300, 2_000.0, 0, 1000, 500), 0);
+    }
+
+    #[test]
+    fn a_configured_prefetch_is_kept_whatever_the_rate() {
+        assert_eq!(wanted(0, 0, 0.0, 10, 1000, 500), 10);
+        assert_eq!(wanted(2, 4, 0.0, 10, 1000, 500), 8);
+        assert_eq!(wanted(0, 0, 0.0, 900, 1000, 500), 500);
     }
 }

@@ -89,7 +89,12 @@ async fn sigterm_finishes_in_flight_runs_releases_the_rest_and_loses_nothing() {
     let prefix = redis_prefix();
     let task = insert_task(&c, sleeper(0.6)).await;
     insert_many(&c, task, 20).await;
-    let env = [("WORKER_CONCURRENCY", "2"), ("WORKER_BATCH_SIZE", "10")];
+    // A prefetch of 8 beyond the two runners, so that there are claimed rows that never started to release.
+    let env = [
+        ("WORKER_CONCURRENCY", "2"),
+        ("WORKER_BATCH_SIZE", "10"),
+        ("WORKER_PREFETCH", "8"),
+    ];
     let mut first = start_worker(&db, &prefix, &env).await;
     hint(&prefix).await;
     wait_count(
