@@ -87,8 +87,14 @@ pub async fn claim_loop(
         );
         // Small claims only to fill idle runners that no buffered row will take (slow work); otherwise wait
         // until a big one is worth it.
+        // With every runner covered, claim only once half of the wanted buffer has gone: fewer, bigger statements.
         let idle_uncovered = free.saturating_sub(buffered);
-        if want == 0 || want < big_claim.min(idle_uncovered.max(1)) {
+        let threshold = if idle_uncovered > 0 {
+            idle_uncovered.min(big_claim)
+        } else {
+            big_claim.max(ahead(rate, shared.settings.prefetch, batch) / 2)
+        };
+        if want == 0 || want < threshold {
             tokio::select! {
                 _ = shared.capacity.notified() => {}
                 _ = stop.changed() => {}
@@ -164,7 +170,7 @@ pub async fn claim_loop(
 }
 
 /// How long ahead the local buffer should cover at the current completion rate.
-const PREFETCH_WINDOW: f64 = 0.05;
+const PREFETCH_WINDOW: f64 = 0.1;
 
 /// Rows to claim now: enough to fill the idle runners plus what the runners get through in
 /// [`PREFETCH_WINDOW`] at the measured rate (at least `prefetch`, `WORKER_PREFETCH`), minus what is already
@@ -182,8 +188,18 @@ pub(crate) fn wanted(
     room: usize,
     batch: usize,
 ) -> usize {
-    let ahead = ((rate.max(0.0) * PREFETCH_WINDOW).min(batch as f64) as usize).max(prefetch);
-    (free + ahead).saturating_sub(buffered).min(room).min(batch)
+    (free + ahead(rate, prefetch, batch))
+        .saturating_sub(buffered)
+        .min(room)
+        .min(batch)
+}
+
+/// Rows to keep claimed beyond the idle runners: [`PREFETCH_WINDOW`] of work at `rate`, at least `prefetch`,
+/// at most one batch.
+fn ahead(rate: f64, prefetch: usize, batch: usize) -> usize {
+    ((rate.max(0.0) * PREFETCH_WINDOW).min(batch as f64) as usize)
+        .max(prefetch)
+        .min(batch)
 }
 
 /// Completion rate (rows per second), smoothed over windows of at least 100 ms.
@@ -284,13 +300,13 @@ mod tests {
 
     #[test]
     fn fast_work_claims_whole_batches_within_room() {
-        // 20,000 completions per second: 1,000 rows per 50 ms window, capped by the batch.
+        // 20,000 completions per second: 2,000 rows per 100 ms window, capped by the batch.
         assert_eq!(wanted(10, 0, 20_000.0, 0, 1000, 500), 500);
         // Capped by the room left under WORKER_CONCURRENCY + 2 x WORKER_BATCH_SIZE.
         assert_eq!(wanted(10, 0, 20_000.0, 0, 120, 500), 120);
-        // 2,000 per second: 100 rows ahead plus the idle runners, minus what is buffered.
-        assert_eq!(wanted(8, 30, 2_000.0, 0, 1000, 500), 78);
-        assert_eq!(wanted(8, 300, 2_000.0, 0, 1000, 500), 0);
+        // 1,000 per second: 100 rows ahead plus the idle runners, minus what is buffered.
+        assert_eq!(wanted(8, 30, 1_000.0, 0, 1000, 500), 78);
+        assert_eq!(wanted(8, 300, 1_000.0, 0, 1000, 500), 0);
     }
 
     #[test]
