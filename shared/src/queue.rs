@@ -157,11 +157,22 @@ recorded AS (
 SELECT c.id, c.task_id, c.run_at, c.ready_at, c.priority, c.concurrency_key, c.trigger, c.attempt,
        c.fencing_token, c.event_id, c.event, c.params,
        t.title, t.payload, t.timeout_seconds, t.max_retries, t.backoff_strategy,
-       coalesce($4::timestamptz, clock_timestamp())
-  FROM claimed c
-  JOIN task t ON t.id = c.task_id
+       coalesce($4::timestamptz, clock_timestamp()), n.examined
+  FROM (SELECT count(*) AS examined FROM candidate) n
+  LEFT JOIN (claimed c JOIN task t ON t.id = c.task_id) ON true
  ORDER BY c.priority, c.ready_at, c.id
 "#;
+
+/// What one claim statement did.
+#[derive(Debug, Default)]
+pub struct ClaimOutcome {
+    /// The rows this worker now holds a lease on, in claim order.
+    pub claimed: Vec<ClaimedWork>,
+    /// Candidate rows the statement locked and decided on: claimed, dropped as misfires or overlaps, buried, or
+    /// left waiting for their concurrency key. When it equals the limit, more rows may be ready right now even
+    /// if few were claimed (after an outage the head of the queue is mostly misfires).
+    pub examined: i64,
+}
 
 /// Claims up to `limit` ready rows for `worker_id` with a lease of `lease_seconds`.
 pub async fn claim_batch(
@@ -170,7 +181,7 @@ pub async fn claim_batch(
     lease_seconds: f64,
     limit: i64,
     clock: Option<DateTime<Utc>>,
-) -> Result<Vec<ClaimedWork>, tokio_postgres::Error> {
+) -> Result<ClaimOutcome, tokio_postgres::Error> {
     let stmt = client.prepare_cached(CLAIM_SQL).await?;
     let catchup_limit = crate::model::CATCHUP_ALL_LIMIT as i64;
     let rows = client
@@ -179,8 +190,10 @@ pub async fn claim_batch(
             &[&worker_id, &lease_seconds, &limit, &clock, &catchup_limit],
         )
         .await?;
-    Ok(rows
+    let examined = rows.first().map(|r| r.get::<_, i64>(18)).unwrap_or(0);
+    let claimed = rows
         .iter()
+        .filter(|r| r.get::<_, Option<i64>>(0).is_some())
         .map(|r| ClaimedWork {
             id: r.get(0),
             task_id: r.get(1),
@@ -201,7 +214,8 @@ pub async fn claim_batch(
             backoff_strategy: r.get(16),
             claimed_at: r.get(17),
         })
-        .collect())
+        .collect();
+    Ok(ClaimOutcome { claimed, examined })
 }
 
 /// How a finished attempt leaves its row.

@@ -105,7 +105,7 @@ pub async fn claim_loop(
         // rows arrived (see `received`): never before the claimed rows' ready_at, and short of the true start
         // only by the answer's transit on the connection.
         let sent = Instant::now();
-        let claimed = match claim(&shared, &mut conn, want).await {
+        let outcome = match claim(&shared, &mut conn, want).await {
             Ok(c) => {
                 backoff = Duration::from_millis(100);
                 c
@@ -122,6 +122,7 @@ pub async fn claim_loop(
             }
         };
         let received = Instant::now();
+        let queue::ClaimOutcome { claimed, examined } = outcome;
         let got = claimed.len();
         if got > 0 {
             tracing::debug!(
@@ -159,12 +160,13 @@ pub async fn claim_loop(
                 }
             }
         }
-        if got == want {
+        // The statement took as many rows as it was allowed to: more may be ready now, even if few of them were
+        // claimed (after an outage the head of the queue is mostly misfires, which the claim drops).
+        if examined >= want as i64 {
             continue;
         }
         // Fewer than wanted: the queue is empty for now. A drain that ended should not keep a stale rate.
         pace.rate = 0.0;
-        // The queue had less than we asked for: wait for a reason to look again.
         idle_wait(&shared, &mut conn, &mut stop).await;
     }
 }
@@ -234,7 +236,7 @@ async fn claim(
     shared: &Shared,
     conn: &mut ClaimConnection,
     want: usize,
-) -> anyhow::Result<Vec<ClaimedWork>> {
+) -> anyhow::Result<queue::ClaimOutcome> {
     let client = conn.get(shared).await?;
     Ok(queue::claim_batch(
         client,
