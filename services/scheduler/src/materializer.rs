@@ -189,11 +189,11 @@ impl Materializer {
     pub async fn pass(&self) -> anyhow::Result<PassStats> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        let now_stmt = tx
+            .prepare_cached("SELECT coalesce($1::timestamptz, now())")
+            .await?;
         let now: DateTime<Utc> = tx
-            .query_one(
-                "SELECT coalesce($1::timestamptz, now())",
-                &[&self.clock.param()],
-            )
+            .query_one(&now_stmt, &[&self.clock.param()])
             .await?
             .get(0);
         let horizon = now + self.lookahead;
@@ -381,8 +381,8 @@ impl Materializer {
     /// of theirs is left.
     pub async fn complete_exhausted(&self) -> anyhow::Result<Vec<Uuid>> {
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
+        let stmt = client
+            .prepare_cached(
                 "WITH done AS (
                      UPDATE task t SET status = 'completed', updated_at = coalesce($1::timestamptz, now())
                       WHERE t.status = 'active' AND t.next_fire_at = 'infinity' AND t.schedule_kind <> 'event'
@@ -391,8 +391,10 @@ impl Materializer {
                  INSERT INTO audit_log (actor, action, subject_type, subject_id, details)
                  SELECT $2::uuid, 'task.completed', 'task', id::text, '{\"by\": \"scheduler\"}'::jsonb FROM done
                  RETURNING subject_id",
-                &[&self.clock.param(), &SYSTEM_AGENT_ID],
             )
+            .await?;
+        let rows = client
+            .query(&stmt, &[&self.clock.param(), &SYSTEM_AGENT_ID])
             .await?;
         Ok(rows
             .iter()
