@@ -338,3 +338,73 @@ async fn slow_work_is_spread_over_idle_workers_instead_of_queued_behind_one() {
         "all eight 1.5 s runs should start together on the two workers, started over {spread:?}"
     );
 }
+
+#[tokio::test]
+async fn a_postgresql_crash_under_running_work_loses_nothing_and_runs_nothing_twice() {
+    let pg = orrery::testing::PrivatePostgres::start();
+    pg.create_database("orrery").await;
+    let prefix = redis_prefix();
+    let env: Vec<(String, String)> = vec![
+        ("DATABASE_URL".into(), pg.url("orrery")),
+        ("REDIS_URL".into(), orrery::testing::redis_url()),
+        ("REDIS_KEY_PREFIX".into(), prefix.clone()),
+        ("WORKER_POLL_INTERVAL".into(), "0.1".into()),
+        ("DATABASE_POOL_SIZE".into(), "4".into()),
+    ];
+    let worker =
+        orrery::testing::Service::start("orrery-worker", orrery::testing::free_port(), &env).await;
+    worker.wait_ready(WAIT).await;
+    let connect = || async {
+        let (client, conn) = tokio_postgres::connect(&pg.url("orrery"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    };
+    let c = connect().await;
+    let task = insert_task(&c, sleeper(1.0)).await;
+    insert_many(&c, task, 4).await;
+    hint(&prefix).await;
+    wait_count(
+        &c,
+        "four runs in flight",
+        "SELECT count(*) FROM due_work WHERE locked_by IS NOT NULL",
+        4,
+    )
+    .await;
+    // A crash (immediate stop: no shutdown checkpoint, asynchronous commits may be lost) while the four runs
+    // sleep, then PostgreSQL comes back.
+    pg.stop_server();
+    pg.start_server();
+    let c = connect().await;
+    insert_many(&c, task, 4).await;
+    hint(&prefix).await;
+    wait_count(
+        &c,
+        "eight successful runs",
+        "SELECT count(*) FROM task_run WHERE success",
+        8,
+    )
+    .await;
+    wait_count(&c, "an empty queue", "SELECT 8 - count(*) FROM due_work", 8).await;
+    let per_row: Vec<(i64, i64)> = c
+        .query(
+            "SELECT due_work_id, count(*) FROM task_run WHERE success GROUP BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(per_row.len(), 8, "{per_row:?}");
+    assert!(
+        per_row.iter().all(|(_, n)| *n == 1),
+        "a row succeeded twice: {per_row:?}"
+    );
+    assert_eq!(
+        worker.get("/health/ready").await.map(|r| r.0),
+        Some(200),
+        "ready again"
+    );
+}
