@@ -41,6 +41,55 @@ pub struct ClaimedWork {
     pub claimed_at: DateTime<Utc>,
 }
 
+/// The common case of the claim, planned in a fraction of the time of [`CLAIM_SQL`]: when every candidate is a
+/// plain row (no concurrency key, no expired lease of an earlier attempt, not a schedule fire past its misfire
+/// grace), it claims them exactly as [`CLAIM_SQL`] would. Otherwise it claims nothing, answers
+/// `simple = false`, and [`claim_batch`] runs [`CLAIM_SQL`], which applies the policies (the candidates' row
+/// locks end with this statement's transaction). Same parameters as [`CLAIM_SQL`] but the last.
+pub const CLAIM_FAST_SQL: &str = r#"
+WITH candidate AS (
+    SELECT d.id, d.concurrency_key, d.locked_until, d.trigger, d.attempt, d.overlap, d.ready_at,
+           d.misfire_grace_seconds
+      FROM due_work d
+     WHERE d.state = 'pending'
+       AND d.ready_at <= coalesce($4::timestamptz, now())
+       AND (d.locked_until IS NULL OR d.locked_until < coalesce($4::timestamptz, now()))
+       AND (d.concurrency_key IS NULL OR d.overlap = 'skip' OR NOT EXISTS (
+                SELECT 1 FROM concurrency_slot s
+                 WHERE s.key = d.concurrency_key AND s.locked_until >= coalesce($4::timestamptz, now())))
+     ORDER BY d.priority, d.ready_at, d.id
+     LIMIT $3
+       FOR UPDATE OF d SKIP LOCKED
+),
+verdict AS (
+    SELECT count(*) AS examined,
+           coalesce(bool_and(c.concurrency_key IS NULL AND c.locked_until IS NULL
+                             AND NOT (c.trigger = 'schedule' AND c.attempt = 0 AND c.overlap <> 'queue'
+                                      AND c.ready_at < coalesce($4::timestamptz, now())
+                                                       - make_interval(secs => c.misfire_grace_seconds))),
+                    true) AS simple
+      FROM candidate c
+),
+claimed AS (
+    UPDATE due_work d
+       SET locked_by = $1,
+           locked_until = coalesce($4::timestamptz, now()) + make_interval(secs => $2),
+           fencing_token = nextval('due_work_fencing'),
+           attempt = d.attempt + 1
+      FROM candidate c
+     WHERE d.id = c.id AND (SELECT simple FROM verdict)
+    RETURNING d.id, d.task_id, d.run_at, d.ready_at, d.priority, d.concurrency_key, d.trigger, d.attempt,
+              d.fencing_token, d.event_id, d.event, d.params
+)
+SELECT c.id, c.task_id, c.run_at, c.ready_at, c.priority, c.concurrency_key, c.trigger, c.attempt,
+       c.fencing_token, c.event_id, c.event, c.params,
+       t.title, t.payload, t.timeout_seconds, t.max_retries, t.backoff_strategy,
+       coalesce($4::timestamptz, clock_timestamp()), v.examined, v.simple
+  FROM verdict v
+  LEFT JOIN (claimed c JOIN task t ON t.id = c.task_id) ON true
+ ORDER BY c.priority, c.ready_at, c.id
+"#;
+
 /// The claim statement. $1 worker id, $2 lease seconds, $3 batch size, $4 clock (NULL = now()).
 pub const CLAIM_SQL: &str = r#"
 WITH clock AS (SELECT coalesce($4::timestamptz, now()) AS now),
@@ -182,6 +231,13 @@ pub async fn claim_batch(
     limit: i64,
     clock: Option<DateTime<Utc>>,
 ) -> Result<ClaimOutcome, tokio_postgres::Error> {
+    let fast = client.prepare_cached(CLAIM_FAST_SQL).await?;
+    let rows = client
+        .query(&fast, &[&worker_id, &lease_seconds, &limit, &clock])
+        .await?;
+    if rows.first().map(|r| r.get::<_, bool>(19)).unwrap_or(true) {
+        return Ok(outcome(&rows));
+    }
     let stmt = client.prepare_cached(CLAIM_SQL).await?;
     let catchup_limit = crate::model::CATCHUP_ALL_LIMIT as i64;
     let rows = client
@@ -190,6 +246,11 @@ pub async fn claim_batch(
             &[&worker_id, &lease_seconds, &limit, &clock, &catchup_limit],
         )
         .await?;
+    Ok(outcome(&rows))
+}
+
+/// Reads the answer of either claim statement (same leading columns).
+fn outcome(rows: &[tokio_postgres::Row]) -> ClaimOutcome {
     let examined = rows.first().map(|r| r.get::<_, i64>(18)).unwrap_or(0);
     let claimed = rows
         .iter()
@@ -215,7 +276,7 @@ pub async fn claim_batch(
             claimed_at: r.get(17),
         })
         .collect();
-    Ok(ClaimOutcome { claimed, examined })
+    ClaimOutcome { claimed, examined }
 }
 
 /// How a finished attempt leaves its row.
