@@ -41,57 +41,14 @@ pub struct ClaimedWork {
     pub claimed_at: DateTime<Utc>,
 }
 
-/// The common case of the claim, planned in a fraction of the time of [`CLAIM_SQL`]: when every candidate is a
-/// plain row (no concurrency key, no expired lease of an earlier attempt, not a schedule fire past its misfire
-/// grace), it claims them exactly as [`CLAIM_SQL`] would. Otherwise it claims nothing, answers
-/// `simple = false`, and [`claim_batch`] runs [`CLAIM_SQL`], which applies the policies (the candidates' row
-/// locks end with this statement's transaction). Same parameters as [`CLAIM_SQL`] but the last.
-pub const CLAIM_FAST_SQL: &str = r#"
-WITH candidate AS (
-    SELECT d.id, d.concurrency_key, d.locked_until, d.trigger, d.attempt, d.overlap, d.ready_at,
-           d.misfire_grace_seconds
-      FROM due_work d
-     WHERE d.state = 'pending'
-       AND d.ready_at <= coalesce($4::timestamptz, now())
-       AND (d.locked_until IS NULL OR d.locked_until < coalesce($4::timestamptz, now()))
-       AND (d.concurrency_key IS NULL OR d.overlap = 'skip' OR NOT EXISTS (
-                SELECT 1 FROM concurrency_slot s
-                 WHERE s.key = d.concurrency_key AND s.locked_until >= coalesce($4::timestamptz, now())))
-     ORDER BY d.priority, d.ready_at, d.id
-     LIMIT $3
-       FOR UPDATE OF d SKIP LOCKED
-),
-verdict AS (
-    SELECT count(*) AS examined,
-           coalesce(bool_and(c.concurrency_key IS NULL AND c.locked_until IS NULL
-                             AND NOT (c.trigger = 'schedule' AND c.attempt = 0 AND c.overlap <> 'queue'
-                                      AND c.ready_at < coalesce($4::timestamptz, now())
-                                                       - make_interval(secs => c.misfire_grace_seconds))),
-                    true) AS simple
-      FROM candidate c
-),
-claimed AS (
-    UPDATE due_work d
-       SET locked_by = $1,
-           locked_until = coalesce($4::timestamptz, now()) + make_interval(secs => $2),
-           fencing_token = nextval('due_work_fencing'),
-           attempt = d.attempt + 1
-      FROM candidate c
-     WHERE d.id = c.id AND (SELECT simple FROM verdict)
-    RETURNING d.id, d.task_id, d.run_at, d.ready_at, d.priority, d.concurrency_key, d.trigger, d.attempt,
-              d.fencing_token, d.event_id, d.event, d.params
-)
-SELECT c.id, c.task_id, c.run_at, c.ready_at, c.priority, c.concurrency_key, c.trigger, c.attempt,
-       c.fencing_token, c.event_id, c.event, c.params,
-       t.title, t.payload, t.timeout_seconds, t.max_retries, t.backoff_strategy,
-       coalesce($4::timestamptz, clock_timestamp()), v.examined, v.simple
-  FROM verdict v
-  LEFT JOIN (claimed c JOIN task t ON t.id = c.task_id) ON true
- ORDER BY c.priority, c.ready_at, c.id
-"#;
+// The claim exists in two forms that must agree word for word on which rows are candidates, what claiming
+// writes and what the answer holds; these macros keep those parts in one place.
 
-/// The claim statement. $1 worker id, $2 lease seconds, $3 batch size, $4 clock (NULL = now()).
-pub const CLAIM_SQL: &str = r#"
+/// Clock and candidates: ready rows, unleased or with an expired lease, whose concurrency key is free, in the
+/// order of the `due_work_claim` index, locked with `SKIP LOCKED`.
+macro_rules! claim_head {
+    () => {
+        r#"
 WITH clock AS (SELECT coalesce($4::timestamptz, now()) AS now),
 candidate AS (
     SELECT d.id, d.task_id, d.run_at, d.ready_at, d.priority, d.concurrency_key, d.overlap, d.catchup,
@@ -107,12 +64,92 @@ candidate AS (
      LIMIT $3
        FOR UPDATE OF d SKIP LOCKED
 ),
-classified AS (
+"#
+    };
+}
+
+/// A candidate `c` that is a schedule fire past its misfire grace window.
+macro_rules! claim_misfired {
+    () => {
+        r#"c.trigger = 'schedule' AND c.attempt = 0 AND c.overlap <> 'queue'
+                  AND c.ready_at < (SELECT now FROM clock) - make_interval(secs => c.misfire_grace_seconds)"#
+    };
+}
+
+/// What claiming writes on a row `d`: lease, fresh fencing token, next attempt.
+macro_rules! claim_stamp {
+    () => {
+        r#"    UPDATE due_work d
+       SET locked_by = $1,
+           locked_until = (SELECT now FROM clock) + make_interval(secs => $2),
+           fencing_token = nextval('due_work_fencing'),
+           attempt = d.attempt + 1
+"#
+    };
+}
+
+/// What a claim returns of the rows it stamped.
+macro_rules! claim_returning {
+    () => {
+        r#"    RETURNING d.id, d.task_id, d.run_at, d.ready_at, d.priority, d.concurrency_key, d.trigger, d.attempt,
+              d.fencing_token, d.event_id, d.event, d.params
+"#
+    };
+}
+
+/// The answer's columns, read by [`outcome`]: the claimed rows with their task, the clock, then `examined`
+/// (and, in the fast form, `simple`), which each form appends with its own FROM.
+macro_rules! claim_answer {
+    () => {
+        r#"SELECT c.id, c.task_id, c.run_at, c.ready_at, c.priority, c.concurrency_key, c.trigger, c.attempt,
+       c.fencing_token, c.event_id, c.event, c.params,
+       t.title, t.payload, t.timeout_seconds, t.max_retries, t.backoff_strategy,
+       coalesce($4::timestamptz, clock_timestamp()), "#
+    };
+}
+
+/// The common case of the claim, planned in a fraction of the time of [`CLAIM_SQL`]: when every candidate is a
+/// plain row (no concurrency key, no expired lease of an earlier attempt, not a schedule fire past its misfire
+/// grace), it claims them exactly as [`CLAIM_SQL`] would. Otherwise it claims nothing, answers
+/// `simple = false`, and [`claim_batch`] runs [`CLAIM_SQL`], which applies the policies (the candidates' row
+/// locks end with this statement's transaction). Same parameters as [`CLAIM_SQL`] but the last.
+pub const CLAIM_FAST_SQL: &str = concat!(
+    claim_head!(),
+    r#"verdict AS (
+    SELECT count(*) AS examined,
+           coalesce(bool_and(c.concurrency_key IS NULL AND c.locked_until IS NULL AND NOT ("#,
+    claim_misfired!(),
+    r#")), true) AS simple
+      FROM candidate c
+),
+claimed AS (
+"#,
+    claim_stamp!(),
+    r#"      FROM candidate c
+     WHERE d.id = c.id AND (SELECT simple FROM verdict)
+"#,
+    claim_returning!(),
+    r#")
+"#,
+    claim_answer!(),
+    r#"v.examined, v.simple
+  FROM verdict v
+  LEFT JOIN (claimed c JOIN task t ON t.id = c.task_id) ON true
+ ORDER BY c.priority, c.ready_at, c.id
+"#
+);
+
+/// The claim statement with every policy. $1 worker id, $2 lease seconds, $3 batch size, $4 clock
+/// (NULL = now()), $5 the catch-up `all` limit.
+pub const CLAIM_SQL: &str = concat!(
+    claim_head!(),
+    r#"classified AS (
     SELECT c.*, t.max_retries,
            CASE
              WHEN c.locked_until IS NOT NULL AND c.attempt > t.max_retries THEN 'lease_exhausted'
-             WHEN c.trigger = 'schedule' AND c.attempt = 0 AND c.overlap <> 'queue'
-                  AND c.ready_at < (SELECT now FROM clock) - make_interval(secs => c.misfire_grace_seconds)
+             WHEN "#,
+    claim_misfired!(),
+    r#"
              THEN CASE c.catchup
                     WHEN 'skip' THEN 'misfired'
                     WHEN 'latest' THEN CASE WHEN EXISTS (
@@ -157,16 +194,13 @@ decided AS (
       FROM classified c
 ),
 claimed AS (
-    UPDATE due_work d
-       SET locked_by = $1,
-           locked_until = (SELECT now FROM clock) + make_interval(secs => $2),
-           fencing_token = nextval('due_work_fencing'),
-           attempt = d.attempt + 1
-      FROM decided x
+"#,
+    claim_stamp!(),
+    r#"      FROM decided x
      WHERE d.id = x.id AND x.action = 'claim'
-    RETURNING d.id, d.task_id, d.run_at, d.ready_at, d.priority, d.concurrency_key, d.trigger, d.attempt,
-              d.fencing_token, d.event_id, d.event, d.params
-),
+"#,
+    claim_returning!(),
+    r#"),
 dropped AS (
     DELETE FROM due_work d
      USING decided x
@@ -203,14 +237,14 @@ recorded AS (
       FROM decided x
      WHERE x.action IN ('misfired', 'overlap_skipped')
 )
-SELECT c.id, c.task_id, c.run_at, c.ready_at, c.priority, c.concurrency_key, c.trigger, c.attempt,
-       c.fencing_token, c.event_id, c.event, c.params,
-       t.title, t.payload, t.timeout_seconds, t.max_retries, t.backoff_strategy,
-       coalesce($4::timestamptz, clock_timestamp()), n.examined
+"#,
+    claim_answer!(),
+    r#"n.examined
   FROM (SELECT count(*) AS examined FROM candidate) n
   LEFT JOIN (claimed c JOIN task t ON t.id = c.task_id) ON true
  ORDER BY c.priority, c.ready_at, c.id
-"#;
+"#
+);
 
 /// What one claim statement did.
 #[derive(Debug, Default)]

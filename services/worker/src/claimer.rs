@@ -77,22 +77,21 @@ pub async fn claim_loop(
         let (held, buffered) = shared.held_and_buffered();
         let running = (shared.running.load(Ordering::SeqCst).max(0) as usize).min(concurrency);
         let free = concurrency - running;
+        let ahead = ahead(rate, shared.settings.prefetch, batch);
         let want = wanted(
             free,
             buffered,
-            rate,
-            shared.settings.prefetch,
+            ahead,
             max_outstanding.saturating_sub(held),
             batch,
         );
-        // Small claims only to fill idle runners that no buffered row will take (slow work); otherwise wait
-        // until a big one is worth it.
-        // With every runner covered, claim only once half of the wanted buffer has gone: fewer, bigger statements.
+        // Small claims only to fill idle runners that no buffered row will take (slow work); with every runner
+        // covered, claim only once half of the wanted buffer is gone (fewer, bigger statements).
         let idle_uncovered = free.saturating_sub(buffered);
         let threshold = if idle_uncovered > 0 {
             idle_uncovered.min(big_claim)
         } else {
-            big_claim.max(ahead(rate, shared.settings.prefetch, batch) / 2)
+            big_claim.max(ahead / 2)
         };
         if want == 0 || want < threshold {
             tokio::select! {
@@ -174,30 +173,19 @@ pub async fn claim_loop(
 /// How long ahead the local buffer should cover at the current completion rate.
 const PREFETCH_WINDOW: f64 = 0.1;
 
-/// Rows to claim now: enough to fill the idle runners plus what the runners get through in
-/// [`PREFETCH_WINDOW`] at the measured rate (at least `prefetch`, `WORKER_PREFETCH`), minus what is already
+/// Rows to claim now: enough to fill the idle runners plus `ahead` (see [`ahead`]), minus what is already
 /// buffered, within `room` and one batch.
 ///
 /// Short jobs at thousands per second make that a whole batch (big statements, a buffer that never runs dry);
 /// slow jobs make it just the idle runners, so a busy worker never sits on rows that an idle worker could start
 /// (with a fixed prefetch, the first of several idle workers to claim took a whole burst of slow work and ran
 /// it `WORKER_CONCURRENCY` at a time while the others waited).
-pub(crate) fn wanted(
-    free: usize,
-    buffered: usize,
-    rate: f64,
-    prefetch: usize,
-    room: usize,
-    batch: usize,
-) -> usize {
-    (free + ahead(rate, prefetch, batch))
-        .saturating_sub(buffered)
-        .min(room)
-        .min(batch)
+fn wanted(free: usize, buffered: usize, ahead: usize, room: usize, batch: usize) -> usize {
+    (free + ahead).saturating_sub(buffered).min(room).min(batch)
 }
 
-/// Rows to keep claimed beyond the idle runners: [`PREFETCH_WINDOW`] of work at `rate`, at least `prefetch`,
-/// at most one batch.
+/// Rows to keep claimed beyond the idle runners: [`PREFETCH_WINDOW`] of work at the measured completion
+/// `rate`, at least `prefetch` (`WORKER_PREFETCH`), at most one batch.
 fn ahead(rate: f64, prefetch: usize, batch: usize) -> usize {
     ((rate.max(0.0) * PREFETCH_WINDOW).min(batch as f64) as usize)
         .max(prefetch)
@@ -286,35 +274,39 @@ async fn idle_wait(shared: &Shared, conn: &mut ClaimConnection, stop: &mut watch
 
 #[cfg(test)]
 mod tests {
-    use super::wanted;
+    use super::{ahead, wanted};
 
     #[test]
     fn slow_work_claims_only_what_idle_runners_can_start() {
-        // 4 runners, all busy, nothing buffered, ~3 completions per second: nothing to claim.
-        assert_eq!(wanted(0, 0, 3.0, 0, 1000, 500), 0);
+        // ~3 completions per second keep nothing ahead.
+        assert_eq!(ahead(3.0, 0, 500), 0);
+        // 4 runners, all busy, nothing buffered: nothing to claim.
+        assert_eq!(wanted(0, 0, 0, 1000, 500), 0);
         // One runner freed: exactly one row.
-        assert_eq!(wanted(1, 0, 3.0, 0, 1000, 500), 1);
+        assert_eq!(wanted(1, 0, 0, 1000, 500), 1);
         // Idle worker, no history: fill the runners, no more.
-        assert_eq!(wanted(32, 0, 0.0, 0, 1000, 500), 32);
+        assert_eq!(wanted(32, 0, 0, 1000, 500), 32);
         // Rows already buffered count against the idle runners.
-        assert_eq!(wanted(4, 3, 0.0, 0, 1000, 500), 1);
+        assert_eq!(wanted(4, 3, 0, 1000, 500), 1);
     }
 
     #[test]
     fn fast_work_claims_whole_batches_within_room() {
         // 20,000 completions per second: 2,000 rows per 100 ms window, capped by the batch.
-        assert_eq!(wanted(10, 0, 20_000.0, 0, 1000, 500), 500);
+        assert_eq!(ahead(20_000.0, 0, 500), 500);
+        assert_eq!(wanted(10, 0, 500, 1000, 500), 500);
         // Capped by the room left under WORKER_CONCURRENCY + 2 x WORKER_BATCH_SIZE.
-        assert_eq!(wanted(10, 0, 20_000.0, 0, 120, 500), 120);
+        assert_eq!(wanted(10, 0, 500, 120, 500), 120);
         // 1,000 per second: 100 rows ahead plus the idle runners, minus what is buffered.
-        assert_eq!(wanted(8, 30, 1_000.0, 0, 1000, 500), 78);
-        assert_eq!(wanted(8, 300, 1_000.0, 0, 1000, 500), 0);
+        assert_eq!(ahead(1_000.0, 0, 500), 100);
+        assert_eq!(wanted(8, 30, 100, 1000, 500), 78);
+        assert_eq!(wanted(8, 300, 100, 1000, 500), 0);
     }
 
     #[test]
     fn a_configured_prefetch_is_kept_whatever_the_rate() {
-        assert_eq!(wanted(0, 0, 0.0, 10, 1000, 500), 10);
-        assert_eq!(wanted(2, 4, 0.0, 10, 1000, 500), 8);
-        assert_eq!(wanted(0, 0, 0.0, 900, 1000, 500), 500);
+        assert_eq!(ahead(0.0, 10, 500), 10);
+        assert_eq!(wanted(2, 4, 10, 1000, 500), 8);
+        assert_eq!(ahead(0.0, 900, 500), 500);
     }
 }
