@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use orrery::testing::{redis_prefix, wait_for, TestDb};
+use orrery::testing::{redis_prefix, wait_for, PrivateRedis, TestDb};
 use serde_json::json;
 
 fn sleeper(seconds: f64) -> TaskSpec {
@@ -406,5 +406,90 @@ async fn a_postgresql_crash_under_running_work_loses_nothing_and_runs_nothing_tw
         worker.get("/health/ready").await.map(|r| r.0),
         Some(200),
         "ready again"
+    );
+}
+
+#[tokio::test]
+async fn with_redis_restarted_underneath_work_runs_by_polling_and_run_events_resume() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let prefix = redis_prefix();
+    let mut redis = PrivateRedis::start();
+    let task = insert_task(&c, TaskSpec::default()).await;
+    let _w = start_worker(
+        &db,
+        &prefix,
+        &[
+            ("REDIS_URL", redis.url().as_str()),
+            ("WORKER_POLL_INTERVAL", "0.2"),
+        ],
+    )
+    .await;
+    let runs_key = format!("{prefix}orrery:runs");
+    let xlen = |url: String, key: String| async move {
+        let client = redis::Client::open(url).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let n: i64 = redis::cmd("XLEN")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        Some(n)
+    };
+    insert_work(&c, task, WorkSpec::default()).await;
+    {
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: String = redis::cmd("XADD")
+            .arg(format!("{prefix}orrery:wakeup"))
+            .arg("*")
+            .arg("reason")
+            .arg("test")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    wait_count(&c, "the first run", "SELECT count(*) FROM task_run", 1).await;
+    wait_for("run events of the first run", WAIT, || {
+        let (u, k) = (redis.url(), runs_key.clone());
+        async move { xlen(u, k).await.filter(|n| *n >= 2) }
+    })
+    .await;
+
+    // Redis gone: no hint can be sent, the worker polls every WORKER_POLL_INTERVAL.
+    redis.stop_server();
+    for _ in 0..3 {
+        insert_work(&c, task, WorkSpec::default()).await;
+    }
+    wait_count(
+        &c,
+        "runs while Redis is down",
+        "SELECT count(*) FROM task_run",
+        4,
+    )
+    .await;
+
+    // Redis back (empty: it keeps nothing on disk): the worker reconnects and its run events reach it again.
+    redis.start_server();
+    insert_work(&c, task, WorkSpec::default()).await;
+    wait_count(
+        &c,
+        "the run after Redis returned",
+        "SELECT count(*) FROM task_run",
+        5,
+    )
+    .await;
+    wait_for("run events after Redis returned", WAIT, || {
+        let (u, k) = (redis.url(), runs_key.clone());
+        async move { xlen(u, k).await.filter(|n| *n >= 1) }
+    })
+    .await;
+    let r = runs(&c).await;
+    assert_eq!(r.len(), 5);
+    assert!(r.iter().all(|r| r.success && r.attempt == 1), "{r:?}");
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM due_work").await,
+        0,
+        "every row completed"
     );
 }

@@ -204,6 +204,61 @@ async fn retryable_failures_retry_with_the_task_backoff_then_go_dead() {
 }
 
 #[tokio::test]
+async fn exponential_jitter_backoff_doubles_within_its_jitter_and_is_capped() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let prefix = redis_prefix();
+    let http = TestHttp::start().await;
+    let task = insert_task(
+        &c,
+        TaskSpec {
+            pipeline: json!([{"id": "call", "uses": "http.request", "with": {"url": http.url("/fail")}}]),
+            max_retries: 3,
+            backoff: "exponential_jitter",
+            ..TaskSpec::default()
+        },
+    )
+    .await;
+    insert_work(&c, task, WorkSpec::default()).await;
+    let _w = start_worker(
+        &db,
+        &prefix,
+        &[
+            ("WORKER_BACKOFF_BASE_DELAY", "0.5"),
+            ("WORKER_BACKOFF_MAX_DELAY", "0.8"),
+        ],
+    )
+    .await;
+    hint(&prefix).await;
+    wait_count(
+        &c,
+        "the row to go dead",
+        "SELECT count(*) FROM due_work WHERE state = 'dead'",
+        1,
+    )
+    .await;
+    let runs = runs(&c).await;
+    assert_eq!(runs.len(), 4, "1 attempt + max_retries (3) retries");
+    assert_eq!(
+        runs.iter().map(|r| r.attempt).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    // exponential_jitter: the delay before attempt n+1 is uniform(0.5, 1) × min(base × 2^(n−1), max):
+    // 0.5 s, then 1.0 s and 2.0 s capped at 0.8 s. Without the cap the last gap would be at least 1.0 s.
+    for (n, nominal_ms) in [(1usize, 500i64), (2, 800), (3, 800)] {
+        let gap = runs[n].started_at.unwrap() - runs[n - 1].finished_at;
+        let low = chrono::Duration::milliseconds(nominal_ms / 2 - 5);
+        let high = chrono::Duration::milliseconds(nominal_ms + 190);
+        assert!(
+            gap >= low && gap < high,
+            "gap before attempt {} is {gap:?}, expected within [{low:?}, {high:?})",
+            n + 1
+        );
+    }
+    assert_eq!(http.hits("/fail"), 4);
+}
+
+#[tokio::test]
 async fn fixed_backoff_spaces_retries_evenly_and_a_later_success_ends_them() {
     let db = TestDb::new().await;
     let c = db.client().await;
