@@ -437,18 +437,7 @@ async fn with_redis_restarted_underneath_work_runs_by_polling_and_run_events_res
         Some(n)
     };
     insert_work(&c, task, WorkSpec::default()).await;
-    {
-        let client = redis::Client::open(redis.url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let _: String = redis::cmd("XADD")
-            .arg(format!("{prefix}orrery:wakeup"))
-            .arg("*")
-            .arg("reason")
-            .arg("test")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
+    hint_at(&redis.url(), &prefix).await;
     wait_count(&c, "the first run", "SELECT count(*) FROM task_run", 1).await;
     wait_for("run events of the first run", WAIT, || {
         let (u, k) = (redis.url(), runs_key.clone());

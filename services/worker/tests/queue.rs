@@ -135,38 +135,51 @@ async fn tasks_sharing_a_concurrency_key_never_overlap() {
     );
 }
 
-#[tokio::test]
-async fn retryable_failures_retry_with_the_task_backoff_then_go_dead() {
-    let db = TestDb::new().await;
-    let c = db.client().await;
+/// A task (max_retries 3, `backoff`) whose only step gets HTTP 500, one row of it run by a worker started with
+/// `env` until the row goes dead. Returns the row's id and the HTTP server (for its hit counts).
+async fn fail_until_dead(
+    db: &TestDb,
+    c: &tokio_postgres::Client,
+    backoff: &'static str,
+    env: &[(&str, &str)],
+) -> (i64, TestHttp) {
     let prefix = redis_prefix();
     let http = TestHttp::start().await;
     let task = insert_task(
-        &c,
+        c,
         TaskSpec {
             pipeline: json!([{"id": "call", "uses": "http.request", "with": {"url": http.url("/fail")}}]),
             max_retries: 3,
-            backoff: "linear",
+            backoff,
             ..TaskSpec::default()
         },
     )
     .await;
-    let id = insert_work(&c, task, WorkSpec::default()).await;
-    let _w = start_worker(
+    let id = insert_work(c, task, WorkSpec::default()).await;
+    let _w = start_worker(db, &prefix, env).await;
+    hint(&prefix).await;
+    wait_count(
+        c,
+        "the row to go dead",
+        "SELECT count(*) FROM due_work WHERE state = 'dead'",
+        1,
+    )
+    .await;
+    (id, http)
+}
+
+#[tokio::test]
+async fn retryable_failures_retry_with_the_task_backoff_then_go_dead() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let (id, http) = fail_until_dead(
         &db,
-        &prefix,
+        &c,
+        "linear",
         &[
             ("WORKER_BACKOFF_BASE_DELAY", "0.3"),
             ("WORKER_POLL_INTERVAL", "0.05"),
         ],
-    )
-    .await;
-    hint(&prefix).await;
-    wait_count(
-        &c,
-        "the row to go dead",
-        "SELECT count(*) FROM due_work WHERE state = 'dead'",
-        1,
     )
     .await;
     let runs = runs(&c).await;
@@ -207,34 +220,14 @@ async fn retryable_failures_retry_with_the_task_backoff_then_go_dead() {
 async fn exponential_jitter_backoff_doubles_within_its_jitter_and_is_capped() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    let prefix = redis_prefix();
-    let http = TestHttp::start().await;
-    let task = insert_task(
-        &c,
-        TaskSpec {
-            pipeline: json!([{"id": "call", "uses": "http.request", "with": {"url": http.url("/fail")}}]),
-            max_retries: 3,
-            backoff: "exponential_jitter",
-            ..TaskSpec::default()
-        },
-    )
-    .await;
-    insert_work(&c, task, WorkSpec::default()).await;
-    let _w = start_worker(
+    let (_, http) = fail_until_dead(
         &db,
-        &prefix,
+        &c,
+        "exponential_jitter",
         &[
             ("WORKER_BACKOFF_BASE_DELAY", "0.5"),
             ("WORKER_BACKOFF_MAX_DELAY", "0.8"),
         ],
-    )
-    .await;
-    hint(&prefix).await;
-    wait_count(
-        &c,
-        "the row to go dead",
-        "SELECT count(*) FROM due_work WHERE state = 'dead'",
-        1,
     )
     .await;
     let runs = runs(&c).await;

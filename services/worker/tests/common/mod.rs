@@ -123,7 +123,12 @@ pub async fn insert_many(c: &tokio_postgres::Client, task: Uuid, n: i64) {
 
 /// What the scheduler and the API send after their inserts commit.
 pub async fn hint(prefix: &str) {
-    let client = redis::Client::open(redis_url()).unwrap();
+    hint_at(&redis_url(), prefix).await
+}
+
+/// [`hint`] through the Redis at `url`.
+pub async fn hint_at(url: &str, prefix: &str) {
+    let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let _: String = redis::cmd("XADD")
         .arg(format!("{prefix}orrery:wakeup"))
