@@ -57,6 +57,9 @@ pub async fn listen(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 if let Err(e) = r {
                     if shared.redis_up.swap(false, Ordering::SeqCst) {
                         tracing::warn!(error = %e, "redis unavailable: polling every WORKER_POLL_INTERVAL");
+                        // An idle claimer may be in a wait sized for Redis being up (hints would end it): wake it
+                        // so that it waits by the polling interval from now on.
+                        shared.wake.notify_one();
                     }
                 }
             }

@@ -425,36 +425,21 @@ async fn with_redis_restarted_underneath_work_runs_by_polling_and_run_events_res
         ],
     )
     .await;
-    let runs_key = format!("{prefix}orrery:runs");
-    let xlen = |url: String, key: String| async move {
-        let client = redis::Client::open(url).ok()?;
-        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-        let n: i64 = redis::cmd("XLEN")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .ok()?;
-        Some(n)
-    };
     insert_work(&c, task, WorkSpec::default()).await;
     hint_at(&redis.url(), &prefix).await;
     wait_count(&c, "the first run", "SELECT count(*) FROM task_run", 1).await;
-    wait_for("run events of the first run", WAIT, || {
-        let (u, k) = (redis.url(), runs_key.clone());
-        async move { xlen(u, k).await.filter(|n| *n >= 2) }
-    })
-    .await;
+    wait_run_events(&redis, &prefix, 2).await;
 
-    // Redis gone: no hint can be sent, the worker polls every WORKER_POLL_INTERVAL.
+    // Redis gone: no hint can be sent, the worker polls every WORKER_POLL_INTERVAL (0.2 s). With Redis taken
+    // for up it would sleep up to its 5 s idle cap, past this 3 s bound.
     redis.stop_server();
     for _ in 0..3 {
         insert_work(&c, task, WorkSpec::default()).await;
     }
-    wait_count(
-        &c,
-        "runs while Redis is down",
-        "SELECT count(*) FROM task_run",
-        4,
+    wait_for(
+        "runs by polling while Redis is down",
+        Duration::from_secs(3),
+        || async { (count(&c, "SELECT count(*) FROM task_run").await == 4).then_some(()) },
     )
     .await;
 
@@ -468,11 +453,7 @@ async fn with_redis_restarted_underneath_work_runs_by_polling_and_run_events_res
         5,
     )
     .await;
-    wait_for("run events after Redis returned", WAIT, || {
-        let (u, k) = (redis.url(), runs_key.clone());
-        async move { xlen(u, k).await.filter(|n| *n >= 1) }
-    })
-    .await;
+    wait_run_events(&redis, &prefix, 1).await;
     let r = runs(&c).await;
     assert_eq!(r.len(), 5);
     assert!(r.iter().all(|r| r.success && r.attempt == 1), "{r:?}");
@@ -481,4 +462,20 @@ async fn with_redis_restarted_underneath_work_runs_by_polling_and_run_events_res
         0,
         "every row completed"
     );
+}
+
+/// Waits until `orrery:runs` on `redis` holds at least `n` entries.
+async fn wait_run_events(redis: &PrivateRedis, prefix: &str, n: i64) {
+    let key = format!("{prefix}orrery:runs");
+    wait_for("run events on orrery:runs", WAIT, || async {
+        let client = redis::Client::open(redis.url()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let len: i64 = redis::cmd("XLEN")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        (len >= n).then_some(())
+    })
+    .await;
 }
