@@ -52,7 +52,7 @@ macro_rules! claim_head {
 WITH clock AS (SELECT coalesce($4::timestamptz, now()) AS now),
 candidate AS (
     SELECT d.id, d.task_id, d.run_at, d.ready_at, d.priority, d.concurrency_key, d.overlap, d.catchup,
-           d.misfire_grace_seconds, d.trigger, d.attempt, d.locked_by, d.locked_until
+           d.misfire_grace_seconds, d.trigger, d.attempt, d.locked_by, d.locked_until, d.event_id, d.event
       FROM due_work d
      WHERE d.state = 'pending'
        AND d.ready_at <= (SELECT now FROM clock)
@@ -216,13 +216,13 @@ buried AS (
 ),
 recorded AS (
     INSERT INTO task_run (task_id, due_work_id, attempt, worker_id, trigger, scheduled_for, started_at,
-                          finished_at, success, error, error_kind)
+                          finished_at, success, error, error_kind, event_id, event)
     SELECT x.task_id, x.id, x.attempt, x.locked_by,
            CASE WHEN x.attempt > 1 THEN 'retry' ELSE x.trigger END, x.run_at, NULL::timestamptz,
            (SELECT now FROM clock), false,
            'the lease of worker ' || coalesce(x.locked_by, '?') || ' expired at '
                || x.locked_until::text || ' without a completion',
-           'lease_expired'
+           'lease_expired', x.event_id, x.event
       FROM decided x
      WHERE x.locked_until IS NOT NULL AND x.attempt > 0 AND x.action <> 'wait'
     UNION ALL
@@ -233,7 +233,7 @@ recorded AS (
              ELSE 'a run of the same task (concurrency key ' || x.concurrency_key
                   || ') was in progress and the overlap policy is skip'
            END,
-           x.action
+           x.action, x.event_id, x.event
       FROM decided x
      WHERE x.action IN ('misfired', 'overlap_skipped')
 )
@@ -361,7 +361,7 @@ finished AS (
     DELETE FROM due_work d
      USING input i
      WHERE d.id = i.id AND d.fencing_token = i.fencing AND i.outcome = 'succeeded'
-    RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key
+    RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key, d.event_id, d.event
 ),
 retried AS (
     UPDATE due_work d
@@ -369,7 +369,7 @@ retried AS (
            locked_by = NULL, locked_until = NULL, last_error = i.error, last_error_kind = i.error_kind
       FROM input i
      WHERE d.id = i.id AND d.fencing_token = i.fencing AND i.outcome = 'retry'
-    RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key
+    RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key, d.event_id, d.event
 ),
 buried AS (
     UPDATE due_work d
@@ -377,7 +377,7 @@ buried AS (
            last_error = i.error, last_error_kind = i.error_kind
       FROM input i
      WHERE d.id = i.id AND d.fencing_token = i.fencing AND i.outcome = 'dead'
-    RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key
+    RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key, d.event_id, d.event
 ),
 settled AS (
     SELECT * FROM finished UNION ALL SELECT * FROM retried UNION ALL SELECT * FROM buried
@@ -389,9 +389,9 @@ released AS (
 ),
 recorded AS (
     INSERT INTO task_run (task_id, due_work_id, attempt, worker_id, trigger, scheduled_for, started_at,
-                          finished_at, success, error, error_kind, output)
+                          finished_at, success, error, error_kind, output, event_id, event)
     SELECT x.task_id, x.id, x.attempt, $2, CASE WHEN x.attempt > 1 THEN 'retry' ELSE x.trigger END, x.run_at,
-           i.started_at, i.finished_at, i.outcome = 'succeeded', i.error, i.error_kind, i.output
+           i.started_at, i.finished_at, i.outcome = 'succeeded', i.error, i.error_kind, i.output, x.event_id, x.event
       FROM settled x
       JOIN input i ON i.id = x.id
      WHERE EXISTS (SELECT 1 FROM task t WHERE t.id = x.task_id)

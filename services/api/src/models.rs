@@ -169,6 +169,31 @@ pub struct RunNowAccepted {
     pub run_at: DateTime<Utc>,
 }
 
+/// What POST /tasks/{id}/backfill did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackfillReport {
+    pub task_id: Uuid,
+    /// Start of the window (inclusive), as requested.
+    pub from: DateTime<Utc>,
+    /// End of the window (exclusive) as requested.
+    pub to: DateTime<Utc>,
+    /// The last instant considered: `to` less a second, or the scheduler's cursor when that is earlier (fires after
+    /// the cursor are still the scheduler's to materialize, with the task's catch-up policy).
+    pub until: DateTime<Utc>,
+    /// Nominal fires found in the window (at most `max_fires`).
+    pub fires: i64,
+    /// Fires materialized now as `due_work` (trigger `schedule`, due now).
+    pub created: i64,
+    /// Fires left out: they already ran, are pending or dead, or were backfilled before.
+    pub skipped: i64,
+    /// True when the window holds more than `max_fires` fires; continue from `next_from`.
+    pub capped: bool,
+    /// With `capped`: the first fire not considered; send it as `from` to go on.
+    pub next_from: Option<DateTime<Utc>>,
+    /// The instants created, in order.
+    pub created_fires: Vec<DateTime<Utc>>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Snoozed {
     pub task: Task,
@@ -184,12 +209,17 @@ pub struct Snoozed {
 pub struct Fire {
     /// UTC, RFC 3339 with `Z` and whole seconds.
     pub at: String,
-    /// The same instant in the schedule's time zone, with its offset.
+    /// The same instant in the zone the schedule is written in (see `timezone`), with its offset.
     pub local: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Fires {
+    /// The IANA zone of every `local`: the zone the rule is evaluated in. That is the task's (or request's)
+    /// `timezone`, except for an RRULE whose DTSTART names its own zone (`DTSTART;TZID=America/New_York:...` →
+    /// `America/New_York`; a DTSTART ending in `Z` → `UTC`).
+    #[schema(example = "Europe/Berlin")]
+    pub timezone: String,
     pub fires: Vec<Fire>,
 }
 
@@ -210,10 +240,17 @@ pub struct Run {
     pub error: Option<String>,
     pub error_kind: Option<String>,
     pub output: Option<Value>,
+    /// The event that triggered the run (trigger `event`, or a retry of one); null otherwise.
+    pub event_id: Option<String>,
+    /// The event's topic (null unless event-triggered).
+    pub event_topic: Option<String>,
+    /// The event as the run saw it: `{id, topic, payload, published_at}` (null unless event-triggered).
+    #[schema(value_type = Option<Object>)]
+    pub event: Option<Value>,
 }
 
 pub const RUN_COLUMNS: &str = "r.id, r.task_id, r.due_work_id, r.attempt, r.worker_id, r.trigger, \
-     r.scheduled_for, r.started_at, r.finished_at, r.success, r.error, r.error_kind, r.output";
+     r.scheduled_for, r.started_at, r.finished_at, r.success, r.error, r.error_kind, r.output, r.event_id, r.event";
 
 impl Run {
     pub fn from_row(r: &Row, include_errors: bool) -> Self {
@@ -231,6 +268,14 @@ impl Run {
             error: if include_errors { r.get(10) } else { None },
             error_kind: r.get(11),
             output: r.get(12),
+            event_id: r.get(13),
+            event_topic: r
+                .get::<_, Option<Value>>(14)
+                .as_ref()
+                .and_then(|e| e.get("topic"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            event: r.get(14),
         }
     }
 }
@@ -405,3 +450,31 @@ page!(TaskPage, Task);
 page!(AgentPage, Agent);
 page!(RunPage, Run);
 page!(DeadWorkPage, DeadWork);
+
+/// One audit record: who did what to which subject.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    /// The agent that acted (the system agent for the scheduler's own changes); null if it was deleted.
+    pub actor: Option<Uuid>,
+    /// The acting agent's name, when it still exists.
+    pub actor_name: Option<String>,
+    /// `task.create`, `task.update`, `task.pause`, `task.backfill`, `due_work.replay`, `agent.create`, ...
+    pub action: String,
+    /// `task`, `agent`, `token` or `due_work`.
+    pub subject_type: String,
+    pub subject_id: String,
+    #[schema(value_type = Object)]
+    pub details: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    pub items: Vec<AuditEntry>,
+    pub limit: i64,
+    /// True when older entries match: ask again with `before` = `next_before`.
+    pub has_more: bool,
+    /// The id to pass as `before` for the next (older) page; null on the last page.
+    pub next_before: Option<i64>,
+}

@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{agents, events, health, queue, runs, schedules, tasks};
+use crate::routes::{agents, audit, events, health, queue, runs, schedules, tasks};
 
 struct BearerAuth;
 
@@ -27,15 +27,16 @@ impl Modify for BearerAuth {
         agents::create, agents::list, agents::get, agents::patch, agents::delete,
         agents::list_tokens, agents::create_token, agents::revoke_token,
         tasks::create, tasks::list, tasks::get, tasks::patch, tasks::put, tasks::delete,
-        tasks::pause, tasks::resume, tasks::cancel, tasks::run_now, tasks::snooze, tasks::schedule,
+        tasks::pause, tasks::resume, tasks::cancel, tasks::run_now, tasks::snooze, tasks::backfill, tasks::schedule,
         schedules::preview,
         runs::list, runs::get, runs::latest, runs::task_stats, runs::global_stats,
         queue::summary, queue::dead, queue::replay, queue::delete_dead, queue::workers,
         events::publish, events::recent, events::topics,
+        audit::list,
         health::live, health::ready, health::health, health::metrics,
     ),
     components(schemas(crate::error::FieldError)),
-    tags((name = "tasks"), (name = "agents"), (name = "runs"), (name = "queue"), (name = "events"), (name = "health"))
+    tags((name = "tasks"), (name = "agents"), (name = "runs"), (name = "queue"), (name = "events"), (name = "audit"), (name = "health"))
 )]
 pub struct ApiDoc;
 

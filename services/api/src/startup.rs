@@ -10,7 +10,7 @@ use orrery::runtime::Context;
 use crate::auth::AuthCache;
 use crate::error::ApiError;
 use crate::input::BodyLimit;
-use crate::routes::{agents, events, health, queue, runs, schedules, tasks};
+use crate::routes::{agents, audit, events, health, queue, runs, schedules, tasks};
 use crate::state::AppState;
 
 pub struct Application {
@@ -50,6 +50,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/{id}/cancel", web::post().to(tasks::cancel))
             .route("/{id}/run_now", web::post().to(tasks::run_now))
             .route("/{id}/snooze", web::post().to(tasks::snooze))
+            .route("/{id}/backfill", web::post().to(tasks::backfill))
             .route("/{id}/schedule", web::get().to(tasks::schedule))
             .route("/{id}/runs/latest", web::get().to(runs::latest))
             .route("/{id}/runs/stats", web::get().to(runs::task_stats)),
@@ -92,6 +93,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/dead/{id}", web::delete().to(queue::delete_dead)),
     )
     .route("/workers", web::get().to(queue::workers))
+    .route("/audit", web::get().to(audit::list))
     .service(
         web::scope("/events")
             .route("", web::post().to(events::publish))

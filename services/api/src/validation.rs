@@ -80,8 +80,9 @@ pub fn next_fire_after(s: &Schedule, cursor: DateTime<Utc>) -> Option<DateTime<U
 
 /// The fires as the API shows them: UTC with `Z` and whole seconds, and local with its offset.
 pub fn fires_json(s: &Schedule, fires: &[DateTime<Utc>]) -> Fires {
-    let tz = s.timezone();
+    let tz = s.rule_timezone();
     Fires {
+        timezone: tz.name().to_string(),
         fires: fires
             .iter()
             .map(|t| Fire {
@@ -107,6 +108,22 @@ pub fn validate_payload(payload: &Value) -> Result<(), Vec<FieldError>> {
         Err(_) => {
             tracing::error!("the pipeline validator panicked");
             Err(vec![FieldError::new("payload", "could not be validated")])
+        }
+    }
+}
+
+/// Fills in the documented defaults of a payload object: `params` → `{}` and `pipeline` → `[]` when absent or
+/// null, so what is stored (and returned) is always the whole shape the worker runs.
+pub fn normalize_payload(payload: &mut Value) {
+    if let Value::Object(map) = payload {
+        for (key, default) in [
+            ("params", Value::Object(Default::default())),
+            ("pipeline", Value::Array(Vec::new())),
+        ] {
+            let entry = map.entry(key).or_insert(Value::Null);
+            if entry.is_null() {
+                *entry = default;
+            }
         }
     }
 }

@@ -51,6 +51,7 @@ pub const DEFAULT_HTTP_TIMEOUT_SECONDS: u64 = 30;
 pub struct Payload {
     #[serde(default)]
     pub params: Map<String, Value>,
+    #[serde(default)]
     pub pipeline: Vec<Step>,
 }
 

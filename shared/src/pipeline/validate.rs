@@ -62,7 +62,8 @@ pub fn validate_payload(raw: &Value) -> Result<Payload, Vec<FieldError>> {
 
     let mut pipeline = Vec::new();
     match object.get("pipeline") {
-        None | Some(Value::Null) => errors.push(FieldError::new("payload.pipeline", "is required")),
+        // Absent means no steps (the documented default `{"params": {}, "pipeline": []}`).
+        None | Some(Value::Null) => {}
         Some(Value::Array(steps)) => {
             if steps.len() > MAX_STEPS {
                 errors.push(FieldError::new(

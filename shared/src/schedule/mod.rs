@@ -137,8 +137,27 @@ impl Schedule {
         self.kind
     }
 
+    /// The task's time zone (the one the schedule was parsed with).
     pub fn timezone(&self) -> Tz {
         self.tz
+    }
+
+    /// The zone the schedule's wall-clock times are written in: the task's zone, except for an RRULE whose
+    /// DTSTART names its own (`DTSTART;TZID=America/New_York:...`, or UTC for a DTSTART ending in `Z`).
+    pub fn rule_timezone(&self) -> Tz {
+        match &self.body {
+            Body::Rrule(r) => r.zone(),
+            _ => self.tz,
+        }
+    }
+
+    /// For an RRULE written without DTSTART: the local date-time it is anchored at (local midnight of the
+    /// anchor day, or the first valid time after it). `None` for every other schedule.
+    pub fn implicit_rrule_start(&self) -> Option<chrono::NaiveDateTime> {
+        match &self.body {
+            Body::Rrule(r) => r.implicit_start(),
+            _ => None,
+        }
     }
 
     /// The first `count` fires strictly after `after`, at most [`PREVIEW_HORIZON_YEARS`] ahead of `after`,

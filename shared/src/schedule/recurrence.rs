@@ -20,6 +20,8 @@ struct Rule {
 #[derive(Clone, Debug)]
 pub(crate) struct RecurrenceSet {
     zone: Tz,
+    /// Where a rule without DTSTART starts (local midnight of the anchor day), `None` with a DTSTART.
+    implicit_start: Option<NaiveDateTime>,
     rules: Vec<Rule>,
     /// RDATE instants, sorted, unique, EXDATEs already removed.
     rdates: Vec<DateTime<Utc>>,
@@ -274,6 +276,7 @@ impl RecurrenceSet {
         exdate_instants.dedup();
         let mut set = RecurrenceSet {
             zone,
+            implicit_start: dtstart.is_none().then_some(start_local),
             rules,
             rdates: Vec::new(),
             exdates: exdate_instants,
@@ -288,6 +291,16 @@ impl RecurrenceSet {
         rdate_instants.dedup();
         set.rdates = rdate_instants;
         Ok(set)
+    }
+
+    /// The zone the rule steps in: DTSTART's TZID, UTC for a DTSTART in `Z`, else the task's zone.
+    pub(crate) fn zone(&self) -> Tz {
+        self.zone
+    }
+
+    /// For a rule written without DTSTART: the local start it was anchored at.
+    pub(crate) fn implicit_start(&self) -> Option<NaiveDateTime> {
+        self.implicit_start
     }
 
     fn is_excluded(&self, t: DateTime<Utc>) -> bool {

@@ -1,6 +1,7 @@
 //! All SQL of the API, in small named functions. Handlers parse, call these and map errors.
 
 pub mod agents;
+pub mod audit;
 pub mod queue;
 pub mod runs;
 pub mod tasks;

@@ -506,3 +506,76 @@ pub async fn agent_exists(c: &impl Db, id: Uuid) -> Result<bool, Error> {
         .await?;
     Ok(c.query_one(&st, &[&id]).await?.get(0))
 }
+
+/// Waits for every in-flight settlement of the task's scheduled fires in `[from, to]` by locking them: a worker
+/// completing one holds its row lock until its run is recorded, so after this the run is visible.
+pub async fn lock_scheduled_work_between(
+    c: &impl Db,
+    task_id: Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<u64, Error> {
+    let st = c
+        .prepare_cached(
+            "SELECT id FROM due_work
+              WHERE task_id = $1 AND trigger = 'schedule' AND run_at BETWEEN $2 AND $3
+              ORDER BY id FOR UPDATE",
+        )
+        .await?;
+    Ok(c.query(&st, &[&task_id, &from, &to]).await?.len() as u64)
+}
+
+/// Materializes the given nominal fires of a task as scheduled work due now, each at most once in the task's
+/// lifetime: a fire that already ran (a task_run with attempt ≥ 1), is pending or dead in due_work, or was
+/// backfilled before is left out. Returns the fires created.
+pub async fn insert_backfill(
+    c: &impl Db,
+    t: &Task,
+    fires: &[DateTime<Utc>],
+) -> Result<Vec<DateTime<Utc>>, Error> {
+    let st = c
+        .prepare_cached(
+            "WITH fire AS (SELECT unnest($2::timestamptz[]) AS run_at),
+             fresh AS (
+                 SELECT f.run_at FROM fire f
+                  WHERE NOT EXISTS (SELECT 1 FROM task_run r
+                                     WHERE r.task_id = $1 AND r.scheduled_for = f.run_at AND r.attempt > 0
+                                       AND r.trigger IN ('schedule', 'retry'))
+                    AND NOT EXISTS (SELECT 1 FROM due_work d
+                                     WHERE d.task_id = $1 AND d.trigger = 'schedule' AND d.run_at = f.run_at)
+             ),
+             marked AS (
+                 INSERT INTO backfill_fire (task_id, run_at) SELECT $1, run_at FROM fresh
+                 ON CONFLICT DO NOTHING
+                 RETURNING run_at
+             )
+             INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
+                                   misfire_grace_seconds, trigger)
+             SELECT $1, m.run_at, now(), $3,
+                    coalesce($4, CASE WHEN $5 <> 'allow' THEN 'task:' || $1::uuid::text END), $5, $6, $7, 'schedule'
+               FROM marked m
+             ON CONFLICT (task_id, run_at) WHERE trigger = 'schedule' DO NOTHING
+             RETURNING run_at",
+        )
+        .await?;
+    let priority = t.priority as i16;
+    let mut created: Vec<DateTime<Utc>> = c
+        .query(
+            &st,
+            &[
+                &t.id,
+                &fires,
+                &priority,
+                &t.concurrency_key,
+                &t.overlap,
+                &t.catchup,
+                &t.misfire_grace_seconds,
+            ],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    created.sort_unstable();
+    Ok(created)
+}

@@ -1,6 +1,7 @@
 //! HTTP handlers: parse, call the database functions, map errors. One module per resource.
 
 pub mod agents;
+pub mod audit;
 pub mod events;
 pub mod health;
 pub mod queue;

@@ -46,7 +46,7 @@ pub async fn dead(
 }
 
 #[utoipa::path(post, path = "/queue/dead/{id}/replay", tag = "queue", params(("id" = i64, Path, minimum = 1)),
-    description = "Puts a dead item back in the queue: pending, attempt 0, due now. 409 unless its task is active.",
+    description = "Puts a dead item back in the queue: pending, attempt 0, due now. Allowed while its task is active or completed (a `once` task, an exhausted COUNT/UNTIL); 409 while it is paused (resume first) or canceled.",
     responses((status = 202, body = ReplayAccepted), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
     security(("bearer" = [])))]
@@ -62,9 +62,20 @@ pub async fn replay(
     let (task_id, status) = db::queue::lock_dead(&tx, id)
         .await?
         .ok_or_else(|| ApiError::not_found("Dead work", id))?;
-    if status != TaskStatus::Active.as_str() {
+    // Replay re-runs one fire that already happened, so it makes sense while the task is active and after its
+    // schedule is exhausted (completed: a `once` task or a used-up COUNT/UNTIL). A paused task runs nothing
+    // until resumed, and a canceled one never runs again.
+    if status == TaskStatus::Paused.as_str() {
         return Err(ApiError::Conflict {
-            message: format!("Task {task_id} is {status}; resume it before replaying its work"),
+            message: format!("Task {task_id} is paused; resume it before replaying its work"),
+            details: Some(json!({"task_id": task_id, "status": status})),
+        });
+    }
+    if status == TaskStatus::Canceled.as_str() {
+        return Err(ApiError::Conflict {
+            message: format!(
+                "Task {task_id} is canceled and never runs again; its dead work can be inspected or deleted"
+            ),
             details: Some(json!({"task_id": task_id, "status": status})),
         });
     }

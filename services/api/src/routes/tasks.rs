@@ -13,8 +13,12 @@ use super::{announce_task_change, wake_workers};
 use crate::auth::Caller;
 use crate::db::{self, tasks::Cursor, tasks::TaskValues};
 use crate::error::{ApiError, ApiResult, ErrorEnvelope, FieldError};
-use crate::input::{path_uuid, Fields, JsonBody, Opt, OptionalJsonBody, Page, QueryParams};
-use crate::models::{Fires, RunNowAccepted, Snoozed, Task, TaskPage, TaskRow, TaskTransition};
+use crate::input::{
+    parse_instant, path_uuid, Fields, JsonBody, Opt, OptionalJsonBody, Page, QueryParams,
+};
+use crate::models::{
+    BackfillReport, Fires, RunNowAccepted, Snoozed, Task, TaskPage, TaskRow, TaskTransition,
+};
 use crate::state::AppState;
 use crate::validation;
 
@@ -59,8 +63,9 @@ pub struct TaskCreate {
     /// IANA time zone name (default: TZ).
     #[schema(example = "UTC")]
     timezone: Option<String>,
-    /// `{"params": {...}, "pipeline": [{"id", "uses", "with", "save_as", "if", "timeout_seconds"}]}`.
-    #[schema(value_type = Object)]
+    /// `{"params": {...}, "pipeline": [{"id", "uses", "with", "save_as", "if", "timeout_seconds"}]}`; both keys are
+    /// optional and the whole payload defaults to `{"params": {}, "pipeline": []}` (see docs/pipelines.md).
+    #[schema(value_type = Option<Object>, example = json!({"params": {}, "pipeline": [{"id": "ping", "uses": "noop"}]}))]
     payload: Option<Value>,
     #[schema(minimum = 1, maximum = 9)]
     priority: Option<i32>,
@@ -102,7 +107,7 @@ pub struct TaskPatch {
     schedule_kind: Option<String>,
     schedule_expr: Option<String>,
     timezone: Option<String>,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     payload: Option<Value>,
     #[schema(minimum = 1, maximum = 9)]
     priority: Option<i32>,
@@ -132,9 +137,27 @@ pub struct TaskPatch {
 #[allow(dead_code)]
 pub struct RunNowBody {
     /// Merged over the task's params for this run.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     params: Option<Value>,
 }
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct BackfillBody {
+    /// RFC 3339; the window's start (inclusive).
+    #[schema(example = "2026-11-01T00:00:00Z")]
+    from: String,
+    /// RFC 3339; the window's end (exclusive), not after now.
+    #[schema(example = "2026-11-08T00:00:00Z")]
+    to: String,
+    /// 1..1000 (default 1000): most fires materialized by one call.
+    #[schema(minimum = 1, maximum = 1000)]
+    max_fires: Option<i32>,
+}
+
+/// Most fires one backfill call materializes.
+pub const BACKFILL_MAX_FIRES: i64 = 1000;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -312,10 +335,7 @@ fn initial_cursor(
         ScheduleKind::Cron | ScheduleKind::Rrule => {
             let next = validation::next_fire_after(s, now);
             if next.is_none() {
-                return Err(ApiError::field(
-                    "schedule_expr",
-                    "the schedule has no fires after now",
-                ));
+                return Err(ApiError::field("schedule_expr", no_fires_message(s, now)));
             }
             cursor.next_run_at = next;
         }
@@ -324,6 +344,30 @@ fn initial_cursor(
         cursor.next_run_at = None;
     }
     Ok(cursor)
+}
+
+/// Why a cron or RRULE has no fire after now, and what to write instead.
+fn no_fires_message(s: &Schedule, now: DateTime<Utc>) -> String {
+    match s.implicit_rrule_start() {
+        Some(start) => {
+            // The next whole minute, as a DTSTART the user can paste.
+            let suggestion = (now + Duration::seconds(60 - now.timestamp().rem_euclid(60)))
+                .format("%Y%m%dT%H%M%SZ");
+            format!(
+                "the schedule has no fires after now: an RRULE without DTSTART starts at local midnight of the \
+                 day it is written ({} in {}), and its COUNT or UNTIL is used up before now. Add a DTSTART to \
+                 say when counting starts, e.g. \"DTSTART:{suggestion}\\nRRULE:FREQ=...;COUNT=...\"",
+                start.format("%Y-%m-%dT%H:%M:%S"),
+                s.rule_timezone().name()
+            )
+        }
+        None if s.kind() == ScheduleKind::Rrule => {
+            "the schedule has no fires after now (its COUNT or UNTIL \
+                 is used up, or its DTSTART and RDATEs are all in the past)"
+                .to_string()
+        }
+        None => "the schedule has no fires after now".to_string(),
+    }
 }
 
 async fn check_created_by(c: &impl db::Db, caller: &Caller, created_by: Uuid) -> ApiResult<()> {
@@ -396,7 +440,8 @@ pub async fn create(
         catchup: Catchup::Skip.as_str().into(),
         overlap: Overlap::Allow.as_str().into(),
     };
-    let values = merge(defaults, input);
+    let mut values = merge(defaults, input);
+    validation::normalize_payload(&mut values.payload);
     // Validation and the cursor use this process's clock; the stored anchor and cursor use the database's
     // (the same instant to within the statement's latency).
     let now = Utc::now();
@@ -524,7 +569,8 @@ pub async fn patch(
         )));
     }
     let before = TaskValues::from_task(&row.task);
-    let values = merge(before.clone(), input);
+    let mut values = merge(before.clone(), input);
+    validation::normalize_payload(&mut values.payload);
     let now = db::now(&tx).await?;
     let schedule_changed = values.schedule_kind != before.schedule_kind
         || values.schedule_expr != before.schedule_expr
@@ -930,4 +976,146 @@ pub async fn schedule(
     .map_err(ApiError::Validation)?;
     let fires = validation::next_fires(&s, after, count);
     Ok(HttpResponse::Ok().json(validation::fires_json(&s, &fires)))
+}
+
+#[utoipa::path(post, path = "/tasks/{id}/backfill", tag = "tasks", params(("id" = Uuid, Path)), request_body = BackfillBody,
+    description = "Materializes the task's nominal fires in the past window [from, to) as work due now, each fire at most once in the task's lifetime (fires that already ran, are pending or dead, or were backfilled before are skipped). At most max_fires (≤ 1000) per call; `capped` and `next_from` say where to continue. Only fires the scheduler has already passed (up to its cursor) are considered. Allowed while the task is active or completed.",
+    responses((status = 200, body = BackfillReport), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
+        (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn backfill(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: JsonBody,
+) -> ApiResult<HttpResponse> {
+    caller.require(Scope::TasksWrite)?;
+    let id = path_uuid(&path, "id")?;
+    let mut f = Fields::object(&body.0, &["from", "to", "max_fires"])?;
+    let instant = |f: &mut Fields, name: &str| {
+        let raw = f.string(name, 1, 64, false);
+        f.require(name, &raw);
+        match raw.set() {
+            Some(text) => {
+                let parsed = parse_instant(&text);
+                if parsed.is_none() {
+                    f.errors.push(FieldError::new(
+                        name,
+                        "must be an RFC 3339 instant between the years 1 and 9999",
+                    ));
+                }
+                parsed
+            }
+            None => None,
+        }
+    };
+    let from = instant(&mut f, "from");
+    let to = instant(&mut f, "to");
+    let max_fires = f
+        .int("max_fires", 1, BACKFILL_MAX_FIRES)
+        .set()
+        .unwrap_or(BACKFILL_MAX_FIRES);
+    if let (Some(from), Some(to)) = (from, to) {
+        if from >= to {
+            f.errors
+                .push(FieldError::new("to", "must be later than from"));
+        }
+    }
+    f.finish()?;
+    let (Some(from), Some(to)) = (from, to) else {
+        return Err(ApiError::field("from", "is required"));
+    };
+
+    let mut client = state.db().await?;
+    let tx = client.transaction().await?;
+    let row = db::tasks::lock(&tx, id, caller.owner_filter())
+        .await?
+        .ok_or_else(|| ApiError::not_found("Task", id))?;
+    let now = db::now(&tx).await?;
+    if to > now {
+        return Err(ApiError::field(
+            "to",
+            format!(
+                "must not be after now ({}): future fires are the scheduler's to materialize",
+                now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        ));
+    }
+    let status = row.task.status.as_str();
+    if status != TaskStatus::Active.as_str() && status != TaskStatus::Completed.as_str() {
+        return Err(ApiError::Conflict {
+            message: format!(
+                "Task {id} is {status}; only active or completed tasks can be backfilled"
+            ),
+            details: Some(json!({"status": status})),
+        });
+    }
+    if row.task.schedule_kind == ScheduleKind::Event.as_str() {
+        return Err(ApiError::Conflict {
+            message: format!(
+                "Task {id} is triggered by events and has no nominal fires to backfill"
+            ),
+            details: Some(json!({"schedule_kind": row.task.schedule_kind})),
+        });
+    }
+    let schedule = validation::parse_schedule(
+        &row.task.schedule_kind,
+        &row.task.schedule_expr,
+        &row.task.timezone,
+        row.schedule_anchor,
+    )
+    .map_err(|_| ApiError::conflict(format!("Task {id} has no schedule to backfill")))?;
+    // Fires up to the scheduler's cursor are in the past it has passed; later ones are still its own.
+    let mut until = to - Duration::seconds(1);
+    if let Some(cursor) = row.materialized_until {
+        until = until.min(cursor);
+    }
+    let mut fires = Vec::new();
+    let mut next_from = None;
+    let mut cursor = from - Duration::seconds(1);
+    while let Some(t) = validation::next_fire_after(&schedule, cursor) {
+        if t > until {
+            break;
+        }
+        if fires.len() as i64 == max_fires {
+            next_from = Some(t);
+            break;
+        }
+        fires.push(t);
+        cursor = t;
+    }
+    let created = if fires.is_empty() {
+        Vec::new()
+    } else {
+        db::tasks::lock_scheduled_work_between(&tx, id, fires[0], fires[fires.len() - 1]).await?;
+        db::tasks::insert_backfill(&tx, &row.task, &fires).await?
+    };
+    let report = BackfillReport {
+        task_id: id,
+        from,
+        to,
+        until,
+        fires: fires.len() as i64,
+        created: created.len() as i64,
+        skipped: (fires.len() - created.len()) as i64,
+        capped: next_from.is_some(),
+        next_from,
+        created_fires: created,
+    };
+    db::audit(
+        &tx,
+        caller.agent_id,
+        "task.backfill",
+        "task",
+        &id.to_string(),
+        &json!({"from": from, "to": to, "until": until, "fires": report.fires, "created": report.created,
+                "skipped": report.skipped, "capped": report.capped}),
+    )
+    .await?;
+    tx.commit().await?;
+    if report.created > 0 {
+        wake_workers(&state, id);
+    }
+    Ok(HttpResponse::Ok().json(report))
 }

@@ -6,6 +6,7 @@ mod common;
 mod agents;
 mod errors;
 mod events;
+mod first_hour;
 mod health;
 mod preview;
 mod queue;

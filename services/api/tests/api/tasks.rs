@@ -176,7 +176,6 @@ async fn schedules_time_zones_pipelines_and_templates_are_validated_naming_the_f
             ),
             "payload.pipeline[0].with.x",
         ),
-        (with("payload", json!({"params": {}})), "payload.pipeline"),
         (
             with("payload", json!({"pipeline": [], "extra": 1})),
             "payload.extra",
