@@ -3,7 +3,7 @@
 #
 #   ops/start.sh dev   [--build] [--clean] [--logs] [--scale N]   Docker Compose, development overlay
 #   ops/start.sh prod  [--build] [--clean] [--logs] [--scale N]   Docker Compose, production overlay (.env)
-#   ops/start.sh local [--debug] [--build] [--scale N]            the three binaries on this machine, no Docker
+#   ops/start.sh local [--debug] [--build|--no-build] [--scale N] the three binaries on this machine, no Docker
 #   ops/start.sh --help
 #
 # Run `ops/start.sh --help` for every option and environment variable.
@@ -12,7 +12,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-log() { printf '==> %s\n' "$*"; }
+# This script's own lines go to stderr, so stdout carries only the binaries' JSON logs in local mode
+# (`ops/start.sh local | jq .`, or `> orrery.log` to keep the terminal for these lines).
+log() { printf '==> %s\n' "$*" >&2; }
 warn() { printf 'warning: %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
@@ -28,10 +30,13 @@ Modes
           while ORRERY_ADMIN_TOKEN or POSTGRES_PASSWORD is missing or still a development/placeholder value.
   local   No Docker: builds the three binaries with cargo and runs them in the foreground against DATABASE_URL
           and REDIS_URL (local PostgreSQL and Redis are started when they are not running). Ctrl-C stops all
-          of them cleanly.
+          of them cleanly. Their JSON logs go to stdout, this script's own lines to stderr. Without
+          ORRERY_ADMIN_TOKEN, a random admin token is made once and kept in $XDG_STATE_HOME/orrery/admin-token
+          (default ~/.local/state/orrery/admin-token); the banner says where.
 
 Options
   --build      dev/prod: build the images before starting. local: run cargo build even with --debug.
+  --no-build   local: run the binaries already in target/<profile> without calling cargo (fails if missing).
   --clean      dev: remove containers AND volumes (all data) first. prod: remove the containers first (volumes,
                i.e. the database, are kept).
   --logs       dev/prod: follow the logs once everything is healthy (Ctrl-C stops following, not Orrery).
@@ -57,6 +62,7 @@ EOF
 # ------------------------------------------------------------------------------------------------------------------
 MODE=""
 BUILD=0
+NO_BUILD=0
 CLEAN=0
 FOLLOW_LOGS=0
 SCALE=""
@@ -69,6 +75,7 @@ while [ $# -gt 0 ]; do
       [ -z "$MODE" ] || die "only one mode, got '$MODE' and '$1'"
       MODE="$1" ;;
     --build) BUILD=1 ;;
+    --no-build) NO_BUILD=1 ;;
     --clean) CLEAN=1 ;;
     --logs) FOLLOW_LOGS=1 ;;
     --debug) PROFILE=debug ;;
@@ -95,6 +102,8 @@ if [ -n "$SCALE" ]; then
   fi
 fi
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "--timeout expects seconds, got '$TIMEOUT'"
+if [ "$BUILD" = 1 ] && [ "$NO_BUILD" = 1 ]; then die "--build and --no-build contradict each other"; fi
+if [ "$NO_BUILD" = 1 ] && [ "$MODE" != local ]; then die "--no-build applies to local mode only"; fi
 case "$PROFILE" in release | debug) ;; *) die "ORRERY_PROFILE must be release or debug, got '$PROFILE'" ;; esac
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -410,6 +419,20 @@ ensure_local_redis() {
   redis_up || die "Redis did not come up on port $port (see $dir/redis.log)"
 }
 
+# Without ORRERY_ADMIN_TOKEN nobody could call the API: make a random one once and keep it for later starts.
+TOKEN_FILE=""
+ensure_local_admin_token() {
+  [ -z "${ORRERY_ADMIN_TOKEN:-}" ] || return 0
+  TOKEN_FILE="${XDG_STATE_HOME:-$HOME/.local/state}/orrery/admin-token"
+  if [ ! -s "$TOKEN_FILE" ]; then
+    mkdir -p "$(dirname "$TOKEN_FILE")"
+    (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE")
+    log "made an admin token for local mode in $TOKEN_FILE"
+  fi
+  ORRERY_ADMIN_TOKEN="$(cat "$TOKEN_FILE")"
+  export ORRERY_ADMIN_TOKEN
+}
+
 # Name, binary path, health port and pid of every child; all parallel arrays.
 NAMES=()
 BINS=()
@@ -469,13 +492,17 @@ on_signal() {
 run_local_mode() {
   [ "$CLEAN" = 0 ] || die "--clean applies to dev and prod only"
   [ "$FOLLOW_LOGS" = 0 ] || warn "--logs is implied in local mode (the binaries log to this terminal)"
-  command -v cargo >/dev/null 2>&1 || [ "$PROFILE" = debug ] || die "cargo is missing (https://rustup.rs)"
+  command -v cargo >/dev/null 2>&1 || [ "$PROFILE" = debug ] || [ "$NO_BUILD" = 1 ] ||
+    die "cargo is missing (https://rustup.rs)"
 
   local target_dir="${CARGO_TARGET_DIR:-$ROOT/target}" bindir
   bindir="$target_dir/$PROFILE"
   local b missing=0
   for b in orrery-api orrery-scheduler orrery-worker; do [ -x "$bindir/$b" ] || missing=1; done
-  if [ "$PROFILE" = release ]; then
+  if [ "$NO_BUILD" = 1 ]; then
+    [ "$missing" = 0 ] || die "--no-build: the binaries are not all in $bindir (build them, or drop --no-build)"
+    log "using the $PROFILE binaries in $bindir (--no-build)"
+  elif [ "$PROFILE" = release ]; then
     log "cargo build --release (ORRERY_PROFILE=debug or --debug to use debug binaries)"
     cargo build --release --workspace --bins
   elif [ "$missing" = 1 ] || [ "$BUILD" = 1 ]; then
@@ -491,6 +518,7 @@ run_local_mode() {
   ensure_local_postgres
   ensure_local_database
   ensure_local_redis
+  ensure_local_admin_token
 
   local api_port="${API_PORT:-8080}" sched_port="${SCHEDULER_HEALTH_PORT:-8081}"
   local worker_port="${WORKER_HEALTH_PORT:-8082}" workers="${SCALE:-1}" i
@@ -537,14 +565,18 @@ run_local_mode() {
   done
 
   ready="$(for i in "${!NAMES[@]}"; do printf ' %s=%s' "${NAMES[$i]}" "${PIDS[$i]}"; done)"
-  cat <<EOF
+  local token_hint='the ORRERY_ADMIN_TOKEN you set'
+  [ -z "$TOKEN_FILE" ] || token_hint="\$(cat $TOKEN_FILE)"
+  cat >&2 <<EOF
 
 ==> Orrery (local, $PROFILE) is up:$ready
   API            http://127.0.0.1:$api_port   (/health, /health/ready, /metrics, /openapi.json)
   scheduler      http://127.0.0.1:$sched_port/health/ready   /metrics
   worker         http://127.0.0.1:$worker_port/health/ready   /metrics$([ "$workers" = 1 ] || printf ' (and the next %s ports)' "$((workers - 1))")
+  admin token    $token_hint
   psql           psql "\$DATABASE_URL"
   redis-cli      redis-cli -u "\$REDIS_URL" XINFO GROUPS ${REDIS_KEY_PREFIX:-}events
+  logs           the binaries' JSON logs are on stdout; these lines on stderr
   stop           Ctrl-C (or SIGTERM to pid $$): every process stops cleanly
 
 EOF

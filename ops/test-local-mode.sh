@@ -2,6 +2,9 @@
 # End-to-end test of `ops/start.sh local` (no Docker): runs it in the background against a fresh database, a unique
 # Redis key prefix and free ports, waits for the three health checks, creates a task over REST and waits for its
 # successful run in task_run, then sends SIGINT and checks that start.sh exits 0 and all three processes are gone.
+# It also checks what the README promises a first-time user: no ORRERY_ADMIN_TOKEN needed (start.sh makes one and
+# keeps it in $XDG_STATE_HOME/orrery/admin-token), `--no-build` runs existing binaries, and start.sh's own lines
+# (stderr) are kept apart from the binaries' JSON logs (stdout).
 #
 #   ops/test-local-mode.sh          # uses DATABASE_URL (a server URL; default postgres://postgres@127.0.0.1:5432/postgres)
 #                                   # and REDIS_URL (default redis://127.0.0.1:6379), like ops/test.sh
@@ -65,9 +68,12 @@ DATABASE_URL="$(with_database "$BASE_URL" "$DB")"
 export REDIS_KEY_PREFIX="orrery-localmode-$SUFFIX:"
 PORT="$(pick_port)"
 export API_PORT="$PORT" SCHEDULER_HEALTH_PORT="$((PORT + 1))" WORKER_HEALTH_PORT="$((PORT + 2))"
-export ORRERY_ADMIN_TOKEN="localmode-token-$SUFFIX-0123456789"
+unset ORRERY_ADMIN_TOKEN
+STATE_DIR="$(mktemp -d "${TMPDIR:-/tmp}/orrery-local-mode-state.XXXXXX")"
+export XDG_STATE_HOME="$STATE_DIR"
 export LOG_LEVEL="${LOG_LEVEL:-info}"
 LOG_FILE="$(mktemp "${TMPDIR:-/tmp}/orrery-local-mode.XXXXXX")"
+ERR_FILE="$(mktemp "${TMPDIR:-/tmp}/orrery-local-mode-stderr.XXXXXX")"
 START_PID=""
 
 cleanup() {
@@ -83,11 +89,14 @@ cleanup() {
   redis-cli -u "$REDIS_URL" --scan --pattern "${REDIS_KEY_PREFIX}*" 2>/dev/null |
     while read -r key; do redis-cli -u "$REDIS_URL" DEL "$key" >/dev/null 2>&1 || true; done
   if [ "$failed" != 0 ] || [ "$status" != 0 ]; then
-    echo "----- last 60 lines of the ops/start.sh output ($LOG_FILE) -----" >&2
+    echo "----- ops/start.sh stderr ($ERR_FILE) -----" >&2
+    tail -n 40 "$ERR_FILE" >&2 || true
+    echo "----- last 60 lines of the ops/start.sh stdout ($LOG_FILE) -----" >&2
     tail -n 60 "$LOG_FILE" >&2 || true
   else
-    rm -f "$LOG_FILE"
+    rm -f "$LOG_FILE" "$ERR_FILE"
   fi
+  rm -rf "$STATE_DIR"
 }
 trap cleanup EXIT
 
@@ -95,10 +104,10 @@ log "creating database $DB"
 psql "$MAINT_URL" -v ON_ERROR_STOP=1 -qc "CREATE DATABASE \"$DB\"" >/dev/null
 
 # --- start ----------------------------------------------------------------------------------------------------------
-log "ops/start.sh local --debug (API :$API_PORT, scheduler :$SCHEDULER_HEALTH_PORT, worker :$WORKER_HEALTH_PORT, prefix $REDIS_KEY_PREFIX)"
+log "ops/start.sh local --debug --no-build (API :$API_PORT, scheduler :$SCHEDULER_HEALTH_PORT, worker :$WORKER_HEALTH_PORT, prefix $REDIS_KEY_PREFIX)"
 # Job control gives start.sh its own process group and, unlike a plain `&`, does not make it ignore SIGINT.
 set -m
-ops/start.sh local --debug --timeout "$HEALTH_TIMEOUT" >"$LOG_FILE" 2>&1 &
+ops/start.sh local --debug --no-build --timeout "$HEALTH_TIMEOUT" >"$LOG_FILE" 2>"$ERR_FILE" &
 START_PID=$!
 set +m
 
@@ -130,9 +139,23 @@ else
   fail "expected 3 orrery-* children of start.sh, found '${CHILDREN}'"
 fi
 
+# --- the admin token start.sh made ------------------------------------------------------------------------------------
+TOKEN_FILE="$STATE_DIR/orrery/admin-token"
+TOKEN="$(cat "$TOKEN_FILE" 2>/dev/null || true)"
+if [ "${#TOKEN}" -ge 32 ] && [ "$(stat -c %a "$TOKEN_FILE")" = 600 ]; then
+  pass "without ORRERY_ADMIN_TOKEN, start.sh made one in \$XDG_STATE_HOME/orrery/admin-token (mode 600)"
+else
+  fail "no admin token file at $TOKEN_FILE (or not mode 600)"
+fi
+if grep -q "admin token.*$TOKEN_FILE" "$ERR_FILE"; then
+  pass "the banner says where the admin token is"
+else
+  fail "the banner does not mention $TOKEN_FILE"
+fi
+
 # --- a task over REST, run by the worker ----------------------------------------------------------------------------
 API="http://127.0.0.1:$API_PORT"
-AUTH="Authorization: Bearer $ORRERY_ADMIN_TOKEN"
+AUTH="Authorization: Bearer $TOKEN"
 FIRE_AT="$(date -u -d '+3 seconds' +%Y-%m-%dT%H:%M:%SZ)"
 BODY='{"title":"local mode smoke test","schedule_kind":"once","schedule_expr":"'"$FIRE_AT"'","timezone":"UTC","payload":{"pipeline":[{"id":"n","uses":"noop"}]}}'
 RESPONSE="$(curl -sS -m 10 -o - -w '\n%{http_code}' -X POST "$API/tasks" -H "$AUTH" -H 'Content-Type: application/json' -d "$BODY" || true)"
@@ -185,8 +208,22 @@ if [ -z "$left" ] && [ "${#CHILD_PIDS[@]}" -gt 0 ]; then
 else
   fail "processes still running after SIGINT:${left:- (none recorded)}"
 fi
-if grep -q 'exited with code' "$LOG_FILE"; then
-  fail "a binary exited non-zero: $(grep 'exited with code' "$LOG_FILE" | tr '\n' ' ')"
+if grep -q 'exited with code' "$ERR_FILE"; then
+  fail "a binary exited non-zero: $(grep 'exited with code' "$ERR_FILE" | tr '\n' ' ')"
+fi
+
+# --- start.sh's own lines apart from the JSON logs -------------------------------------------------------------------
+json_lines="$(grep -c '^{' "$LOG_FILE" || true)"
+other_lines="$(grep -cv '^{' "$LOG_FILE" || true)"
+if [ "${json_lines:-0}" -gt 0 ] && [ "${other_lines:-0}" = 0 ]; then
+  pass "stdout holds only the binaries' JSON log lines ($json_lines)"
+else
+  fail "stdout has $other_lines non-JSON line(s): $(grep -v '^{' "$LOG_FILE" | head -n 3 | tr '\n' '|')"
+fi
+if grep -q '^==> ' "$ERR_FILE" && ! grep -q '^{' "$ERR_FILE"; then
+  pass "start.sh's own lines are on stderr, without JSON logs"
+else
+  fail "stderr mixes JSON log lines with start.sh's lines (or has none of them)"
 fi
 
 echo "local-mode: $passed passed, $failed failed"
