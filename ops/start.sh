@@ -519,6 +519,8 @@ run_local_mode() {
   ensure_local_database
   ensure_local_redis
   ensure_local_admin_token
+  # A development mode: let http.request call services on this machine unless told otherwise.
+  export WORKER_HTTP_ALLOW_CIDRS="${WORKER_HTTP_ALLOW_CIDRS-127.0.0.0/8,::1/128}"
 
   local api_port="${API_PORT:-8080}" sched_port="${SCHEDULER_HEALTH_PORT:-8081}"
   local worker_port="${WORKER_HEALTH_PORT:-8082}" workers="${SCALE:-1}" i

@@ -66,6 +66,8 @@ pub struct Settings {
     pub worker_prefetch: usize,
     pub worker_shutdown_grace_seconds: u32,
     pub worker_http_body_cap_bytes: usize,
+    /// CIDRs of loopback/private networks the http.request tool may call (see `http_policy`).
+    pub worker_http_allow_cidrs: String,
 }
 
 impl fmt::Debug for Settings {
@@ -136,6 +138,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("worker_prefetch", "0"),
     ("worker_shutdown_grace_seconds", "25"),
     ("worker_http_body_cap_bytes", "65536"),
+    ("worker_http_allow_cidrs", ""),
 ];
 
 impl Settings {
@@ -241,6 +244,9 @@ impl Settings {
                     format!("must be greater than 0, got {value}"),
                 ));
             }
+        }
+        if let Err(e) = crate::http_policy::HttpPolicy::parse(&self.worker_http_allow_cidrs) {
+            return Err(ConfigError::new("WORKER_HTTP_ALLOW_CIDRS", e));
         }
         if self.worker_max_retries > 10 {
             return Err(ConfigError::new(
@@ -396,6 +402,11 @@ mod tests {
             Settings::from_sources(&vars(&[("ORRERY_CONFIG_FILE", "/nonexistent/orrery.toml")]))
                 .unwrap_err();
         assert_eq!(e.variable, "ORRERY_CONFIG_FILE");
+        let e =
+            Settings::from_sources(&vars(&[("WORKER_HTTP_ALLOW_CIDRS", "10.0.0.0/8,intranet")]))
+                .unwrap_err();
+        assert_eq!(e.variable, "WORKER_HTTP_ALLOW_CIDRS");
+        assert!(e.to_string().contains("intranet"), "{e}");
     }
 
     #[test]

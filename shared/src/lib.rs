@@ -5,6 +5,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod health;
+pub mod http_policy;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

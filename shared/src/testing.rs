@@ -249,6 +249,11 @@ pub fn base_env(db: &TestDb, prefix: &str) -> Vec<(String, String)> {
             std::env::var("TEST_SERVICE_LOG").unwrap_or_else(|_| "info".into()),
         ),
         ("DATABASE_POOL_SIZE".into(), "4".into()),
+        // Test servers listen on loopback, which the http.request tool refuses unless allowed.
+        (
+            "WORKER_HTTP_ALLOW_CIDRS".into(),
+            "127.0.0.0/8,::1/128".into(),
+        ),
     ]
 }
 

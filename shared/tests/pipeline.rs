@@ -146,8 +146,10 @@ fn unknown_payload_keys_are_rejected() {
 }
 
 #[test]
-fn pipeline_is_required_and_must_be_an_array() {
-    assert_eq!(fields_of(json!({})), vec!["payload.pipeline"]);
+fn pipeline_defaults_to_no_steps_and_must_be_an_array() {
+    let empty = validate_payload(&json!({})).expect("an empty payload is the documented default");
+    assert!(empty.pipeline.is_empty() && empty.params.is_empty());
+    assert!(validate_payload(&json!({"pipeline": null})).is_ok());
     assert_eq!(fields_of(json!({"pipeline": {}})), vec!["payload.pipeline"]);
 }
 

@@ -16,23 +16,17 @@ use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::claimer::Claimed;
 use crate::completer::Finished;
-use crate::executor::{ErrorKind, Executor, RunContext, RunFailure};
+use crate::executor::{Executor, HttpTool, RunContext, RunFailure};
 use crate::run_events::{RunEvent, StreamSink};
 use crate::worker::{Held, Shared};
 
 pub async fn runner_loop(
     shared: Arc<Shared>,
+    http: HttpTool,
     work: Arc<Mutex<mpsc::UnboundedReceiver<Claimed>>>,
     done: mpsc::UnboundedSender<Finished>,
     abort: watch::Receiver<bool>,
 ) {
-    let http = match Executor::default_http_client() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the HTTP client");
-            reqwest::Client::new()
-        }
-    };
     loop {
         let next = { work.lock().await.recv().await };
         let Some(Claimed { work, claimed }) = next else {
@@ -69,12 +63,10 @@ pub async fn runner_loop(
         let (output, outcome) = tokio::select! {
             r = run_one(&shared, &http, &work) => r,
             _ = async { while !*abort.borrow() { if abort.changed().await.is_err() { std::future::pending::<()>().await; } } } => {
-                (None, Err(RunFailure {
-                    kind: ErrorKind::Retryable,
-                    code: "shutdown",
-                    message: "the worker shut down before the run finished (shutdown grace period exceeded)".into(),
-                    step_id: None,
-                }))
+                (None, Err(RunFailure::retryable(
+                    "shutdown",
+                    "the worker shut down before the run finished (shutdown grace period exceeded)",
+                )))
             }
         };
         let elapsed = started_instant.elapsed();
@@ -112,7 +104,7 @@ fn on_db_clock(
 /// Runs one claimed row's pipeline. Returns the step output (if any) and the outcome.
 pub async fn run_one(
     shared: &Shared,
-    http: &reqwest::Client,
+    http: &HttpTool,
     work: &ClaimedWork,
 ) -> (Option<Value>, Result<(), RunFailure>) {
     let payload: Payload = match serde_json::from_value(work.task_payload.clone()) {
@@ -120,12 +112,10 @@ pub async fn run_one(
         Err(e) => {
             return (
                 None,
-                Err(RunFailure {
-                    kind: ErrorKind::Permanent,
-                    code: "invalid_payload",
-                    message: format!("the task's payload is not a valid pipeline: {e}"),
-                    step_id: None,
-                }),
+                Err(RunFailure::permanent(
+                    "invalid_payload",
+                    format!("the task's payload is not a valid pipeline: {e}"),
+                )),
             )
         }
     };
@@ -134,8 +124,7 @@ pub async fn run_one(
         shared.redis.clone(),
         format!("task:{}", work.task_id),
     ));
-    let executor =
-        Executor::new(http.clone(), sink).with_body_cap(shared.settings.http_body_cap.max(1));
+    let executor = Executor::new(http.clone(), sink);
     let timeout = Duration::from_secs(work.timeout_seconds.max(1) as u64);
     let (output, outcome) = executor.run(&payload, &ctx, timeout).await;
     (Some(output), outcome)
@@ -236,13 +225,12 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::executor::ErrorKind;
 
     fn failure(kind: ErrorKind) -> RunFailure {
-        RunFailure {
-            kind,
-            code: "x",
-            message: "m".into(),
-            step_id: None,
+        match kind {
+            ErrorKind::Retryable => RunFailure::retryable("x", "m"),
+            ErrorKind::Permanent => RunFailure::permanent("x", "m"),
         }
     }
 

@@ -131,6 +131,14 @@ impl Worker {
             .unwrap_or_else(|_| "unknown".into());
         let worker_id = new_worker_id(&hostname);
         let ws = WorkerSettings::from_settings(&settings);
+        // One client for every run. If it cannot be built the worker does not start: no fallback to a client
+        // with other redirect or address rules.
+        let policy = orrery::http_policy::HttpPolicy::parse(&settings.worker_http_allow_cidrs)
+            .map_err(|e| anyhow::anyhow!("WORKER_HTTP_ALLOW_CIDRS: {e}"))?;
+        tracing::info!(allowed = ?policy.allowed(), "http.request address policy");
+        let http = crate::executor::HttpTool::new(policy)
+            .map_err(|e| anyhow::anyhow!("cannot build the HTTP client of http.request: {e}"))?
+            .with_body_cap(ws.http_body_cap);
         tracing::info!(worker_id = %worker_id, concurrency = ws.concurrency, batch_size = ws.batch_size,
             lease_seconds = ws.lease_seconds, "worker starting");
 
@@ -182,6 +190,7 @@ impl Worker {
         for _ in 0..ws.concurrency {
             runners.push(tokio::spawn(crate::runner::runner_loop(
                 shared.clone(),
+                http.clone(),
                 work_rx.clone(),
                 done_tx.clone(),
                 abort_rx.clone(),

@@ -773,3 +773,48 @@ async fn a_backlog_of_misfires_after_an_outage_does_not_delay_the_fires_that_are
         600
     );
 }
+
+#[tokio::test]
+async fn a_pipeline_calling_the_cloud_metadata_address_dies_at_once_with_a_policy_error() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let prefix = redis_prefix();
+    let task = insert_task(
+        &c,
+        TaskSpec {
+            pipeline: json!([{"id": "steal", "uses": "http.request",
+                              "with": {"url": "http://169.254.169.254/latest/meta-data/iam/security-credentials/"}}]),
+            max_retries: 5,
+            ..TaskSpec::default()
+        },
+    )
+    .await;
+    insert_work(&c, task, WorkSpec::default()).await;
+    // Even with every address range allowed, link-local metadata stays out of reach.
+    let _w = start_worker(
+        &db,
+        &prefix,
+        &[("WORKER_HTTP_ALLOW_CIDRS", "0.0.0.0/0,::/0")],
+    )
+    .await;
+    hint(&prefix).await;
+    wait_count(
+        &c,
+        "the row to go dead",
+        "SELECT count(*) FROM due_work WHERE state = 'dead'",
+        1,
+    )
+    .await;
+    let r = runs(&c).await;
+    assert_eq!(r.len(), 1, "a policy denial is not retried");
+    assert_eq!(r[0].error_kind.as_deref(), Some("policy"));
+    let error: String = c
+        .query_one("SELECT error FROM task_run", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        error.contains("169.254.169.254") && error.contains("never calls"),
+        "{error}"
+    );
+}

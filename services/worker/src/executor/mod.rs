@@ -1,18 +1,20 @@
 //! Runs a task's pipeline: renders each step's `with` against the run context, calls the tool, stores the
 //! result for later steps and classifies failures as retryable or permanent.
 //!
-//! The pure half (payload types, validation, templates) lives in `orrery::pipeline`; this file owns the
-//! I/O: HTTP calls, event publishing, sleeping and timeouts.
+//! The pure half (payload types, validation, templates) lives in `orrery::pipeline`. Each tool is one module
+//! behind the small [`Tool`] trait ([`http`], [`publish`], [`sleep`], [`noop`]); a new tool is a new file and one
+//! arm in [`Executor::tool`]. This module owns the run: conditions, rendering, results, timeouts.
 //!
 //! Decisions:
-//! - Redirects are not followed by [`Executor::default_http_client`]: a 3xx is a successful step whose
-//!   result carries the `location` header. Following them would re-send a POST as a GET and forward the
-//!   idempotency key to another host.
-//! - `Idempotency-Key: <run id>` is sent on every request unless the step sets that header itself.
 //! - A step's `timeout_seconds` bounds `http.request` (as its request timeout, code `timeout`) and every
 //!   other tool (code `step_timeout`); the whole run is bounded by the task's timeout (`run_timeout`).
 //! - A rendered `with` of the wrong shape (e.g. `url` rendered to a number) is a permanent `template` error.
 //! - `now` in the template context is refreshed before each step (RFC 3339, UTC, whole seconds).
+
+pub mod http;
+pub mod noop;
+pub mod publish;
+pub mod sleep;
 
 use std::fmt;
 use std::future::Future;
@@ -21,27 +23,30 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use orrery::pipeline::{
-    self, is_concrete_topic, Payload, Step, TemplateError, DEFAULT_HTTP_TIMEOUT_SECONDS,
-    HTTP_METHODS, MAX_SLEEP_SECONDS, MAX_TIMEOUT_SECONDS,
-};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use orrery::pipeline::{self, Payload, Step, TemplateError};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-/// Default cap on a captured HTTP response body.
-pub const DEFAULT_BODY_CAP_BYTES: usize = 64 * 1024;
-
-/// Characters of a failed response's body quoted in the error message.
-const ERROR_BODY_SNIPPET_CHARS: usize = 200;
+pub use http::{HttpTool, DEFAULT_BODY_CAP_BYTES};
+pub use publish::EventSink;
 
 /// A boxed, sendable future (the same type as `futures::future::BoxFuture`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Where `events.publish` sends events (Redis `XADD events` in production).
-pub trait EventSink: Send + Sync {
-    /// Publishes one event and returns its stream id.
-    fn publish(&self, topic: String, payload: Value) -> BoxFuture<'_, Result<String, String>>;
+/// One tool a step can use: its rendered `with` in, its result (or a classified failure) out.
+pub trait Tool: Send + Sync {
+    /// Whether the step's `timeout_seconds` bounds the call from outside (code `step_timeout`). A tool that
+    /// applies it itself (as `http.request` does, as its request timeout) says no.
+    fn bounded_by_step_timeout(&self) -> bool {
+        true
+    }
+
+    fn run<'a>(
+        &'a self,
+        step: &'a Step,
+        with: Value,
+        ctx: &'a RunContext,
+    ) -> BoxFuture<'a, Result<Value, RunFailure>>;
 }
 
 /// What a run knows about itself; becomes the template context.
@@ -93,25 +98,34 @@ pub struct RunFailure {
     pub code: &'static str,
     pub message: String,
     pub step_id: Option<String>,
+    /// The HTTP response of a failed `http.request` (status, headers, body), kept in the output's `failed_step`.
+    pub response: Option<Value>,
 }
 
 impl RunFailure {
-    fn retryable(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn retryable(code: &'static str, message: impl Into<String>) -> Self {
         Self {
             kind: ErrorKind::Retryable,
             code,
             message: message.into(),
             step_id: None,
+            response: None,
         }
     }
 
-    fn permanent(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn permanent(code: &'static str, message: impl Into<String>) -> Self {
         Self {
             kind: ErrorKind::Permanent,
             code,
             message: message.into(),
             step_id: None,
+            response: None,
         }
+    }
+
+    pub fn with_response(mut self, response: Value) -> Self {
+        self.response = Some(response);
+        self
     }
 
     fn template(error: TemplateError) -> Self {
@@ -134,35 +148,29 @@ impl fmt::Display for RunFailure {
 
 impl std::error::Error for RunFailure {}
 
-/// Runs pipelines. Cheap to share: one per worker process.
+/// Runs pipelines with the built-in tools.
 pub struct Executor {
-    http: reqwest::Client,
-    events: Arc<dyn EventSink>,
-    body_cap_bytes: usize,
+    http: HttpTool,
+    publish: publish::PublishTool,
 }
 
 impl Executor {
-    pub fn new(http: reqwest::Client, events: Arc<dyn EventSink>) -> Self {
+    pub fn new(http: HttpTool, events: Arc<dyn EventSink>) -> Self {
         Self {
             http,
-            events,
-            body_cap_bytes: DEFAULT_BODY_CAP_BYTES,
+            publish: publish::PublishTool::new(events),
         }
     }
 
-    /// Caps captured response bodies at `bytes` (longer bodies are truncated and returned as text).
-    pub fn with_body_cap(mut self, bytes: usize) -> Self {
-        self.body_cap_bytes = bytes;
-        self
-    }
-
-    /// The HTTP client the worker should use: no redirects, an identifying user agent.
-    pub fn default_http_client() -> reqwest::Result<reqwest::Client> {
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("orrery-worker/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
+    /// The tool a step names, if it exists.
+    fn tool(&self, uses: &str) -> Option<&dyn Tool> {
+        match uses {
+            "http.request" => Some(&self.http),
+            "events.publish" => Some(&self.publish),
+            "sleep" => Some(&sleep::SleepTool),
+            "noop" => Some(&noop::NoopTool),
+            _ => None,
+        }
     }
 
     /// Runs every step in order. Returns the output (`{"steps": {name: result}, "skipped": [ids]}`, plus
@@ -220,14 +228,17 @@ impl Executor {
             let with = pipeline::render(&step.with, &state.context)
                 .map_err(|e| in_step(RunFailure::template(e)))?;
             let started = Instant::now();
-            let result = self.run_step(step, with, ctx, state).await;
+            let result = self.run_step(step, with, ctx).await;
             let elapsed_ms = started.elapsed().as_millis() as u64;
             match result {
                 Ok(value) => {
                     tracing::debug!(step = %step.id, tool = %step.uses, elapsed_ms, "step succeeded");
                     state.save(step.result_name(), value);
                 }
-                Err(failure) => {
+                Err(mut failure) => {
+                    if let Some(response) = failure.response.take() {
+                        state.failed_step = Some(json!({"id": step.id, "result": response}));
+                    }
                     tracing::info!(
                         step = %step.id,
                         tool = %step.uses,
@@ -248,131 +259,17 @@ impl Executor {
         step: &Step,
         with: Value,
         ctx: &RunContext,
-        state: &mut RunState,
     ) -> Result<Value, RunFailure> {
-        match step.uses.as_str() {
-            "http.request" => self.http_request(step, &with, ctx, state).await,
-            "events.publish" => bounded(step, self.publish(&with)).await,
-            "sleep" => bounded(step, sleep(&with)).await,
-            "noop" => Ok(with),
-            other => Err(RunFailure::permanent(
+        let Some(tool) = self.tool(&step.uses) else {
+            return Err(RunFailure::permanent(
                 "unknown_tool",
-                format!("unknown tool `{other}`"),
-            )),
-        }
-    }
-
-    async fn http_request(
-        &self,
-        step: &Step,
-        with: &Value,
-        ctx: &RunContext,
-        state: &mut RunState,
-    ) -> Result<Value, RunFailure> {
-        let mut request = HttpRequest::from_with(step, with)?;
-        let mut headers = std::mem::take(&mut request.headers);
-        let key = HeaderName::from_static("idempotency-key");
-        if !headers.contains_key(&key) {
-            let value = HeaderValue::from_str(&ctx.run_id.to_string())
-                .expect("a UUID is a valid header value");
-            headers.insert(key, value);
-        }
-        let mut builder = self
-            .http
-            .request(request.method.clone(), request.url.clone())
-            .headers(headers);
-        if let Some(json) = request.json.take() {
-            builder = builder.json(&json);
-        } else if let Some(body) = request.body.take() {
-            builder = builder.body(body);
-        }
-
-        let exchange = async {
-            let mut response = builder.send().await?;
-            let status = response.status();
-            let headers = header_map_to_json(response.headers());
-            let is_json = is_json_content_type(response.headers());
-            let mut body = Vec::new();
-            let mut truncated = false;
-            while let Some(chunk) = response.chunk().await? {
-                let room = self.body_cap_bytes - body.len();
-                if chunk.len() > room {
-                    body.extend_from_slice(&chunk[..room]);
-                    truncated = true;
-                    break;
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok::<_, reqwest::Error>((
-                status,
-                headers,
-                parse_body(&body, is_json, truncated),
-                truncated,
-            ))
+                format!("unknown tool `{}`", step.uses),
+            ));
         };
-        let (status, headers, body, truncated) =
-            match tokio::time::timeout(request.timeout, exchange).await {
-                Err(_) => {
-                    return Err(RunFailure::retryable(
-                        "timeout",
-                        format!(
-                            "{} {} did not complete within {}",
-                            request.method,
-                            display_url(&request.url),
-                            seconds(request.timeout)
-                        ),
-                    ))
-                }
-                Ok(Err(e)) => return Err(classify_reqwest_error(&e, &request)),
-                Ok(Ok(exchange)) => exchange,
-            };
-
-        let mut result = json!({"status": status.as_u16(), "headers": headers, "body": body});
-        if truncated {
-            result["truncated"] = Value::Bool(true);
-        }
-        if status.is_success() || status.is_redirection() {
-            return Ok(result);
-        }
-
-        let message = format!(
-            "{} {} answered {}{}",
-            request.method,
-            display_url(&request.url),
-            status,
-            body_snippet(&result["body"])
-        );
-        state.failed_step = Some(json!({"id": step.id, "result": result}));
-        Err(if status.as_u16() == 429 {
-            RunFailure::retryable("http_429", message)
-        } else if status.is_server_error() {
-            RunFailure::retryable("http_5xx", message)
+        if tool.bounded_by_step_timeout() {
+            bounded(step, tool.run(step, with, ctx)).await
         } else {
-            RunFailure::permanent("http_4xx", message)
-        })
-    }
-
-    async fn publish(&self, with: &Value) -> Result<Value, RunFailure> {
-        let topic = match with.get("topic") {
-            Some(Value::String(topic)) if is_concrete_topic(topic) => topic.clone(),
-            other => {
-                return Err(RunFailure::permanent(
-                    "template",
-                    format!(
-                        "with.topic rendered to {}, which is not a topic (dot-separated segments \
-                         of A-Z, a-z, 0-9, _ and -, no wildcards)",
-                        describe(other)
-                    ),
-                ))
-            }
-        };
-        let payload = with.get("payload").cloned().unwrap_or(Value::Null);
-        match self.events.publish(topic.clone(), payload).await {
-            Ok(stream_id) => Ok(json!({"stream_id": stream_id, "topic": topic})),
-            Err(e) => Err(RunFailure::retryable(
-                "publish",
-                format!("publishing to `{topic}` failed: {e}"),
-            )),
+            tool.run(step, with, ctx).await
         }
     }
 }
@@ -415,110 +312,6 @@ impl RunState {
     }
 }
 
-/// A rendered `http.request` `with`, checked.
-struct HttpRequest {
-    method: reqwest::Method,
-    url: reqwest::Url,
-    headers: HeaderMap,
-    json: Option<Value>,
-    body: Option<String>,
-    timeout: Duration,
-}
-
-impl HttpRequest {
-    fn from_with(step: &Step, with: &Value) -> Result<Self, RunFailure> {
-        let bad = |message: String| RunFailure::permanent("template", message);
-
-        let url = match with.get("url") {
-            Some(Value::String(url)) => reqwest::Url::parse(url)
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
-                .ok_or_else(|| bad(format!("with.url rendered to `{url}`, not an http(s) URL")))?,
-            other => return Err(bad(format!("with.url rendered to {}", describe(other)))),
-        };
-
-        let method = match with.get("method") {
-            None | Some(Value::Null) => reqwest::Method::GET,
-            Some(Value::String(m)) if HTTP_METHODS.contains(&m.to_ascii_uppercase().as_str()) => {
-                reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                    .expect("known methods are valid")
-            }
-            other => {
-                return Err(bad(format!(
-                    "with.method rendered to {}; expected one of {}",
-                    describe(other),
-                    HTTP_METHODS.join(", ")
-                )))
-            }
-        };
-
-        let mut headers = HeaderMap::new();
-        match with.get("headers") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(map)) => {
-                for (name, value) in map {
-                    let text = match value {
-                        Value::String(s) => s.clone(),
-                        Value::Number(_) | Value::Bool(_) => value.to_string(),
-                        other => {
-                            return Err(bad(format!(
-                                "header `{name}` rendered to {}",
-                                describe(Some(other))
-                            )))
-                        }
-                    };
-                    let name = HeaderName::from_bytes(name.as_bytes())
-                        .map_err(|_| bad(format!("`{name}` is not a valid header name")))?;
-                    let value = HeaderValue::from_str(&text)
-                        .map_err(|_| bad(format!("header `{name}` has an invalid value")))?;
-                    headers.append(name, value);
-                }
-            }
-            other => {
-                return Err(bad(format!(
-                    "with.headers rendered to {}, not an object of strings",
-                    describe(other)
-                )))
-            }
-        }
-
-        let json = with.get("json").cloned();
-        let body = match with.get("body") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(body)) => Some(body.clone()),
-            Some(other) => Some(other.to_string()),
-        };
-
-        let with_timeout = match with.get("timeout_seconds") {
-            None | Some(Value::Null) => None,
-            Some(value) => Some(
-                value
-                    .as_u64()
-                    .filter(|t| (1..=MAX_TIMEOUT_SECONDS).contains(t))
-                    .ok_or_else(|| {
-                        bad(format!(
-                            "with.timeout_seconds rendered to {}; expected 1 to {MAX_TIMEOUT_SECONDS}",
-                            describe(Some(value))
-                        ))
-                    })?,
-            ),
-        };
-        let timeout = step
-            .timeout_seconds
-            .or(with_timeout)
-            .unwrap_or(DEFAULT_HTTP_TIMEOUT_SECONDS);
-
-        Ok(Self {
-            method,
-            url,
-            headers,
-            json,
-            body,
-            timeout: Duration::from_secs(timeout),
-        })
-    }
-}
-
 /// Bounds a non-HTTP tool by the step's `timeout_seconds`.
 async fn bounded(
     step: &Step,
@@ -536,119 +329,6 @@ async fn bounded(
             })
         }
     }
-}
-
-async fn sleep(with: &Value) -> Result<Value, RunFailure> {
-    let requested = with.get("seconds");
-    let secs = requested
-        .and_then(Value::as_f64)
-        .filter(|s| (0.0..=MAX_SLEEP_SECONDS).contains(s))
-        .ok_or_else(|| {
-            RunFailure::permanent(
-                "template",
-                format!(
-                    "with.seconds rendered to {}; expected a number from 0 to {MAX_SLEEP_SECONDS}",
-                    describe(requested)
-                ),
-            )
-        })?;
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    Ok(json!({"slept_seconds": requested.cloned().unwrap_or(Value::Null)}))
-}
-
-fn classify_reqwest_error(error: &reqwest::Error, request: &HttpRequest) -> RunFailure {
-    let target = format!("{} {}", request.method, display_url(&request.url));
-    if error.is_timeout() {
-        RunFailure::retryable("timeout", format!("{target} timed out"))
-    } else if error.is_builder() {
-        RunFailure::permanent("template", format!("{target}: invalid request: {error}"))
-    } else {
-        // Connection refused/reset, DNS, TLS, a body cut short: the far side may recover.
-        RunFailure::retryable(
-            "network",
-            format!("{target} failed: {}", error_chain(error)),
-        )
-    }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// The URL without its query string and credentials, which may carry secrets.
-fn display_url(url: &reqwest::Url) -> String {
-    let mut shown = url.clone();
-    shown.set_query(None);
-    shown.set_fragment(None);
-    let _ = shown.set_username("");
-    let _ = shown.set_password(None);
-    shown.to_string()
-}
-
-fn header_map_to_json(headers: &HeaderMap) -> Value {
-    let mut map = Map::new();
-    for (name, value) in headers {
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        match map.get_mut(name.as_str()) {
-            Some(Value::String(existing)) => {
-                existing.push_str(", ");
-                existing.push_str(&value);
-            }
-            _ => {
-                map.insert(name.as_str().to_string(), Value::String(value));
-            }
-        }
-    }
-    Value::Object(map)
-}
-
-fn is_json_content_type(headers: &HeaderMap) -> bool {
-    headers
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            let media = v
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            media == "application/json" || media.ends_with("+json")
-        })
-        .unwrap_or(false)
-}
-
-fn parse_body(body: &[u8], is_json: bool, truncated: bool) -> Value {
-    if is_json && !truncated {
-        if let Ok(value) = serde_json::from_slice(body) {
-            return value;
-        }
-    }
-    Value::String(String::from_utf8_lossy(body).into_owned())
-}
-
-fn body_snippet(body: &Value) -> String {
-    let text = match body {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    };
-    let text = text.trim();
-    if text.is_empty() {
-        return String::new();
-    }
-    let mut snippet: String = text.chars().take(ERROR_BODY_SNIPPET_CHARS).collect();
-    if text.chars().count() > ERROR_BODY_SNIPPET_CHARS {
-        snippet.push('…');
-    }
-    format!(": {snippet}")
 }
 
 fn describe(value: Option<&Value>) -> String {
@@ -836,7 +516,14 @@ mod tests {
     // --- helpers -------------------------------------------------------------------------------------
 
     fn executor_with(sink: Arc<MemorySink>) -> Executor {
-        Executor::new(Executor::default_http_client().unwrap(), sink)
+        Executor::new(http_tool(1024 * 64), sink)
+    }
+
+    /// The tests' servers listen on loopback.
+    fn http_tool(cap: usize) -> HttpTool {
+        HttpTool::new(orrery::http_policy::HttpPolicy::parse("127.0.0.0/8").unwrap())
+            .unwrap()
+            .with_body_cap(cap)
     }
 
     fn executor() -> Executor {
@@ -1052,6 +739,68 @@ mod tests {
         );
     }
 
+    fn closed_executor() -> Executor {
+        Executor::new(
+            HttpTool::new(orrery::http_policy::HttpPolicy::default()).unwrap(),
+            Arc::new(MemorySink::default()),
+        )
+    }
+
+    #[tokio::test]
+    async fn cloud_metadata_addresses_are_refused_permanently_before_any_connection() {
+        for url in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[fd00:ec2::254]/latest/meta-data/",
+            "http://[::ffff:169.254.169.254]/",
+        ] {
+            let payload =
+                payload(json!([{"id": "meta", "uses": "http.request", "with": {"url": url}}]));
+            // Even a worker that allows every private range never calls them.
+            let open = Executor::new(
+                HttpTool::new(orrery::http_policy::HttpPolicy::parse("0.0.0.0/0,::/0").unwrap())
+                    .unwrap(),
+                Arc::new(MemorySink::default()),
+            );
+            let failure = run(&open, &payload).await.1.unwrap_err();
+            assert_eq!(
+                (failure.kind, failure.code),
+                (ErrorKind::Permanent, "policy"),
+                "{url}"
+            );
+            assert!(
+                failure.message.contains("never calls"),
+                "{}",
+                failure.message
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn loopback_is_refused_unless_allowed_by_address_and_by_name() {
+        let addr = spawn_server().await;
+        for url in [
+            format!("http://{addr}/json"),
+            format!("http://localhost:{}/json", addr.port()),
+        ] {
+            let payload =
+                payload(json!([{"id": "l", "uses": "http.request", "with": {"url": url}}]));
+            let failure = run(&closed_executor(), &payload).await.1.unwrap_err();
+            assert_eq!(
+                (failure.kind, failure.code),
+                (ErrorKind::Permanent, "policy"),
+                "{url}"
+            );
+            assert!(
+                failure.message.contains("WORKER_HTTP_ALLOW_CIDRS"),
+                "{}",
+                failure.message
+            );
+            // The same request with loopback allowed goes through.
+            let (output, outcome) = run(&executor(), &payload).await;
+            assert!(outcome.is_ok(), "{output}");
+        }
+    }
+
     #[tokio::test]
     async fn bodies_are_capped() {
         let addr = spawn_server().await;
@@ -1059,7 +808,7 @@ mod tests {
             {"id": "big", "uses": "http.request", "with": {"url": format!("http://{addr}/big")}},
             {"id": "big_json", "uses": "http.request", "with": {"url": format!("http://{addr}/big-json")}}
         ]));
-        let executor = executor().with_body_cap(1024);
+        let executor = Executor::new(http_tool(1024), Arc::new(MemorySink::default()));
         let (output, outcome) = run(&executor, &payload).await;
         outcome.unwrap();
         assert_eq!(output["steps"]["big"]["body"].as_str().unwrap().len(), 1024);
