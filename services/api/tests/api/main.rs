@@ -7,6 +7,7 @@ mod agents;
 mod errors;
 mod events;
 mod health;
+mod names;
 mod preview;
 mod queue;
 mod runs;
