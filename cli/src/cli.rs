@@ -80,13 +80,22 @@ Examples:
   orrery diff -f tasks/ --prune -o json | jq '.update[].changes'")]
     Diff(DiffArgs),
     /// List, inspect and operate tasks
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  orrery tasks ls\n  orrery tasks get nightly-report\n  orrery tasks pause nightly-report\n  orrery tasks run nightly-report\n\nA task is named by its id or its name."
+    )]
     Tasks(TasksCmd),
     /// Run history; follow runs live
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  orrery runs ls --task nightly-report\n  orrery runs get 1234\n  orrery runs tail"
+    )]
     Runs(RunsCmd),
     /// Dead work: list, replay, remove (admin)
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  orrery dead ls\n  orrery dead replay 42\n  orrery dead replay --all\n  orrery dead rm 42"
+    )]
     Dead(DeadCmd),
     /// Worker heartbeats (admin)
     #[command(
@@ -97,7 +106,10 @@ Examples:
     #[command(after_help = "Examples:\n  orrery queue\n  orrery queue -o yaml")]
     Queue,
     /// Publish events; follow the event stream
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  orrery events publish orders.created --payload '{\"order\": 42}'\n  orrery events tail"
+    )]
     Events(EventsCmd),
     /// The next fires of a schedule, in UTC and in its time zone (DST changes marked)
     #[command(after_help = "\
@@ -108,10 +120,16 @@ Examples:
   orrery preview '30 2 * * *' --tz Europe/Berlin --after 2026-03-27T00:00:00Z -n 4 -o json")]
     Preview(PreviewArgs),
     /// Agents (admin)
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  orrery agents ls\n  orrery agents create ci-bot --scope tasks:read --scope tasks:write\n  orrery agents rm ci-bot"
+    )]
     Agents(AgentsCmd),
     /// Tokens of an agent (admin)
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  orrery tokens ls ci-bot\n  orrery tokens create ci-bot\n  orrery tokens revoke ci-bot TOKEN_ID"
+    )]
     Tokens(TokensCmd),
     /// Who the token belongs to
     #[command(after_help = "Examples:\n  orrery whoami\n  orrery whoami --context prod -o json")]
@@ -124,7 +142,10 @@ Examples:
 The context becomes the current one. The file is written with mode 0600.")]
     Login(LoginArgs),
     /// The contexts of the profile file
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  orrery context ls\n  orrery context use prod\n  orrery context rm staging"
+    )]
     Context(ContextCmd),
     /// Print a shell completion script
     #[command(after_help = "\
