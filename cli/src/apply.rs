@@ -312,7 +312,12 @@ pub fn render_diff(plan: &Plan, color: bool, verbose: bool) -> String {
 }
 
 /// The plan as data (`-o json|yaml` of diff and apply).
-pub fn plan_json(plan: &Plan, dry_run: bool, applied: bool) -> Value {
+pub fn plan_json(
+    plan: &Plan,
+    dry_run: bool,
+    applied: bool,
+    created_ids: &std::collections::HashMap<String, String>,
+) -> Value {
     let mut created = Vec::new();
     let mut updated = Vec::new();
     let mut unchanged = Vec::new();
@@ -320,7 +325,8 @@ pub fn plan_json(plan: &Plan, dry_run: bool, applied: bool) -> Value {
     for step in &plan.steps {
         match step {
             Step::Create { def } => created.push(json!({
-                "name": def.name, "file": def.origin.file, "document": def.origin.doc})),
+                "name": def.name, "id": created_ids.get(&def.name), "file": def.origin.file,
+                "document": def.origin.doc})),
             Step::Update {
                 def, id, changes, ..
             } => updated.push(json!({
@@ -364,11 +370,14 @@ pub fn run(
     let mut progress = Progress::new(todo);
     let mut lines = Vec::new();
     let mut done = 0usize;
+    let mut created_ids = std::collections::HashMap::new();
     for step in &mut plan.steps {
         let result = match step {
             Step::Create { def } => {
                 progress.step(&format!("creating {}", def.name));
                 client.post("/tasks", Some(&create_body(def))).map(|t| {
+                    let id = t["id"].as_str().unwrap_or("").to_string();
+                    created_ids.insert(def.name.clone(), id);
                     lines.push(format!(
                         "{}  {}  {}",
                         paint(color, Color::Green, "created"),
@@ -430,11 +439,13 @@ pub fn run(
         plan.unchanged(),
         plan.deletes()
     ));
-    emit(format, &plan, false, true, lines.join("\n"))
+    let data = plan_json(&plan, false, true, &created_ids);
+    crate::output::print(format, &data, |_| lines.join("\n"))
 }
 
 fn emit(format: Format, plan: &Plan, dry_run: bool, applied: bool, text: String) -> CliResult<()> {
-    crate::output::print(format, &plan_json(plan, dry_run, applied), |_| text)
+    let data = plan_json(plan, dry_run, applied, &Default::default());
+    crate::output::print(format, &data, |_| text)
 }
 
 /// `orrery diff`: the plan, nothing written.

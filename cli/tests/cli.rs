@@ -492,9 +492,16 @@ async fn output_formats_parse_colour_follows_the_terminal_and_completions_genera
     let env = spawn().await;
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "a.yaml", &yaml_def("alpha", 5));
-    env.ok(&["apply", "-f", dir.path().to_str().unwrap()]).await;
+    let applied = env
+        .ok(&["apply", "-f", dir.path().to_str().unwrap(), "-o", "json"])
+        .await
+        .json();
+    assert_eq!(applied["applied"], true);
+    assert_eq!(applied["create"][0]["name"], "alpha");
+    let id = applied["create"][0]["id"].as_str().unwrap().to_string();
 
     let json = env.ok(&["tasks", "ls", "-o", "json"]).await.json();
+    assert_eq!(json[0]["id"], id.as_str());
     assert_eq!(json[0]["name"], "alpha");
     let yaml: Value = serde_norway::from_str(
         &env.ok(&["tasks", "get", "alpha", "-o", "yaml"])
