@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{spawn, spawn_with, write, yaml_def, Out, ADMIN};
+use common::{spawn, spawn_with, write, yaml_def, ADMIN};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -816,9 +816,4 @@ async fn events_publish_and_tail_and_agents_and_tokens_for_admins() {
     assert_eq!(env.tasks().await.len(), 2);
     let out = env.orrery(&["agents", "rm", "ci-bot"]).await;
     assert_eq!(out.code, 1, "it owns a task: {out:?}");
-}
-
-#[allow(dead_code)]
-fn _debug(out: &Out) -> String {
-    format!("{out:?}")
 }
