@@ -32,6 +32,7 @@ COPY shared/Cargo.toml shared/Cargo.toml
 COPY services/api/Cargo.toml services/api/Cargo.toml
 COPY services/scheduler/Cargo.toml services/scheduler/Cargo.toml
 COPY services/worker/Cargo.toml services/worker/Cargo.toml
+COPY cli/Cargo.toml cli/Cargo.toml
 RUN set -eux; \
     mkdir -p shared/src shared/benches services/scheduler/benches; \
     echo '' > shared/src/lib.rs; \
@@ -42,6 +43,7 @@ RUN set -eux; \
       echo '' > "services/$svc/src/lib.rs"; \
       echo 'fn main() {}' > "services/$svc/src/main.rs"; \
     done; \
+    mkdir -p cli/src; echo '' > cli/src/lib.rs; echo 'fn main() {}' > cli/src/main.rs; \
     cargo fetch --locked; \
     cargo build --release --locked --workspace --bins
 # Forget the stub builds of our own crates so that the real sources are always recompiled below
@@ -54,8 +56,9 @@ RUN rm -rf target/release/.fingerprint/orrery-* \
 COPY migrations migrations
 COPY shared shared
 COPY services services
+COPY cli cli
 RUN set -eux; \
-    find shared services -name '*.rs' -exec touch {} +; \
+    find shared services cli -name '*.rs' -exec touch {} +; \
     cargo build --release --locked --workspace --bins; \
     mkdir -p /out; \
     for bin in orrery-api orrery-scheduler orrery-worker; do \

@@ -71,6 +71,9 @@ pub struct TokenList {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Task {
     pub id: Uuid,
+    /// Optional stable name, unique per owner (`created_by`) among existing tasks: 1..100 of `A-Za-z0-9._-`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,100}$")]
+    pub name: Option<String>,
     pub title: String,
     pub description: String,
     pub created_by: Uuid,
@@ -102,11 +105,12 @@ pub struct Task {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Every column the API reads from `task` (the last two are internal: not part of the JSON).
+/// Every column the API reads from `task` (`schedule_anchor` and `materialized_until` are internal: not part of
+/// the JSON).
 pub const TASK_COLUMNS: &str = "id, title, description, created_by, schedule_kind, schedule_expr, timezone, \
      payload, status, priority, dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy, \
      concurrency_key, timeout_seconds, misfire_grace_seconds, catchup, overlap, next_run_at, created_at, \
-     updated_at, schedule_anchor, materialized_until";
+     updated_at, schedule_anchor, materialized_until, name";
 
 /// A task row with the scheduler's internal columns.
 #[derive(Debug, Clone)]
@@ -123,6 +127,7 @@ impl TaskRow {
         TaskRow {
             task: Task {
                 id: r.get(0),
+                name: r.get(24),
                 title: r.get(1),
                 description: r.get(2),
                 created_by: r.get(3),

@@ -24,7 +24,7 @@ impl Modify for BearerAuth {
     info(title = "Orrery API", description = "Self-hosted job scheduler. Every non-2xx body is an ErrorEnvelope."),
     modifiers(&BearerAuth),
     paths(
-        agents::create, agents::list, agents::get, agents::patch, agents::delete,
+        agents::create, agents::list, agents::me, agents::get, agents::patch, agents::delete,
         agents::list_tokens, agents::create_token, agents::revoke_token,
         tasks::create, tasks::list, tasks::get, tasks::patch, tasks::put, tasks::delete,
         tasks::pause, tasks::resume, tasks::cancel, tasks::run_now, tasks::snooze, tasks::backfill, tasks::schedule,

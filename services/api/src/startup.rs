@@ -69,6 +69,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .route(web::post().to(agents::create))
                     .route(web::get().to(agents::list)),
             )
+            .service(web::resource("/me").route(web::get().to(agents::me)))
             .service(
                 web::resource("/{id}")
                     .route(web::get().to(agents::get))

@@ -14,6 +14,7 @@ use crate::models::{Task, TaskRef, TaskRow, TASK_COLUMNS};
 /// Every writable column of a task, validated.
 #[derive(Debug, Clone)]
 pub struct TaskValues {
+    pub name: Option<String>,
     pub title: String,
     pub description: String,
     pub created_by: Uuid,
@@ -36,6 +37,7 @@ pub struct TaskValues {
 impl TaskValues {
     pub fn from_task(t: &Task) -> Self {
         TaskValues {
+            name: t.name.clone(),
             title: t.title.clone(),
             description: t.description.clone(),
             created_by: t.created_by,
@@ -98,15 +100,17 @@ pub struct TaskFilter {
     pub schedule_kind: Option<String>,
     pub created_by: Option<Uuid>,
     pub owner: Option<Uuid>,
+    pub name: Option<String>,
 }
 
 pub async fn list(c: &impl Db, f: &TaskFilter, page: Page) -> Result<(Vec<Task>, i64), Error> {
     const WHERE: &str =
         "($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR schedule_kind = $2)
-         AND ($3::uuid IS NULL OR created_by = $3) AND ($4::uuid IS NULL OR created_by = $4)";
+         AND ($3::uuid IS NULL OR created_by = $3) AND ($4::uuid IS NULL OR created_by = $4)
+         AND ($5::text IS NULL OR name = $5)";
     let st = c
         .prepare_cached(&format!(
-            "SELECT {TASK_COLUMNS} FROM task WHERE {WHERE} ORDER BY created_at DESC, id DESC LIMIT $5 OFFSET $6"
+            "SELECT {TASK_COLUMNS} FROM task WHERE {WHERE} ORDER BY created_at DESC, id DESC LIMIT $6 OFFSET $7"
         ))
         .await?;
     let rows = c
@@ -117,6 +121,7 @@ pub async fn list(c: &impl Db, f: &TaskFilter, page: Page) -> Result<(Vec<Task>,
                 &f.schedule_kind,
                 &f.created_by,
                 &f.owner,
+                &f.name,
                 &page.limit,
                 &page.offset,
             ],
@@ -128,7 +133,13 @@ pub async fn list(c: &impl Db, f: &TaskFilter, page: Page) -> Result<(Vec<Task>,
     let total: i64 = c
         .query_one(
             &count,
-            &[&f.status, &f.schedule_kind, &f.created_by, &f.owner],
+            &[
+                &f.status,
+                &f.schedule_kind,
+                &f.created_by,
+                &f.owner,
+                &f.name,
+            ],
         )
         .await?
         .get(0);
@@ -174,6 +185,23 @@ pub async fn find_duplicate(
     )
 }
 
+/// The task of `created_by` that holds `name` (other than `exclude`), if any.
+pub async fn find_by_name(
+    c: &impl Db,
+    created_by: Uuid,
+    name: &str,
+    exclude: Option<Uuid>,
+) -> Result<Option<Uuid>, Error> {
+    let st = c
+        .prepare_cached(
+            "SELECT id FROM task WHERE created_by = $1 AND name = $2 AND ($3::uuid IS NULL OR id <> $3)",
+        )
+        .await?;
+    Ok(c.query_opt(&st, &[&created_by, &name, &exclude])
+        .await?
+        .map(|r| r.get(0)))
+}
+
 /// Inserts the task and its audit record in one statement (atomic without an explicit transaction).
 /// `schedule_anchor` is the database's now; `materialized_until` is `until` or now.
 pub async fn insert_audited(
@@ -208,6 +236,7 @@ pub async fn insert_audited(
                 &until,
                 &next_run_at,
                 &actor,
+                &v.name,
             ],
         )
         .await?;
@@ -220,14 +249,15 @@ static INSERT_AUDITED: LazyLock<String> = LazyLock::new(|| {
                INSERT INTO task (title, description, created_by, schedule_kind, schedule_expr, timezone, payload,
                                  priority, dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy,
                                  concurrency_key, timeout_seconds, misfire_grace_seconds, catchup, overlap,
-                                 schedule_anchor, materialized_until, next_run_at)
+                                 schedule_anchor, materialized_until, next_run_at, name)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                       now(), coalesce($18, now()), $19)
+                       now(), coalesce($18, now()), $19, $21)
                RETURNING {TASK_COLUMNS}
              ), audit AS (
                INSERT INTO audit_log (actor, action, subject_type, subject_id, details)
                SELECT $20, 'task.create', 'task', t.id::text,
-                      jsonb_build_object('title', t.title, 'schedule_kind', t.schedule_kind, 'created_by', t.created_by)
+                      jsonb_build_object('title', t.title, 'name', t.name, 'schedule_kind', t.schedule_kind,
+                                         'created_by', t.created_by)
                  FROM t
              )
              SELECT {TASK_COLUMNS} FROM t"
@@ -250,7 +280,7 @@ pub async fn update(
                     schedule_anchor = CASE WHEN $19 THEN $20 ELSE schedule_anchor END,
                     materialized_until = CASE WHEN $19 THEN $21 ELSE materialized_until END,
                     next_run_at = CASE WHEN $19 THEN $22 ELSE next_run_at END,
-                    updated_at = now()
+                    name = $23, updated_at = now()
               WHERE id = $1
              RETURNING {TASK_COLUMNS}"
         ))
@@ -285,6 +315,7 @@ pub async fn update(
                 &anchor,
                 &until,
                 &next,
+                &v.name,
             ],
         )
         .await?;

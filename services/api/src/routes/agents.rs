@@ -159,6 +159,18 @@ pub async fn list(
     }))
 }
 
+#[utoipa::path(get, path = "/agents/me", tag = "agents",
+    description = "The agent behind the token (any valid token, no scope needed): who am I, and with which scopes.",
+    responses((status = 200, body = Agent), (status = 401, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn me(state: web::Data<AppState>, caller: Caller) -> ApiResult<HttpResponse> {
+    let client = state.db().await?;
+    let agent = db::agents::get_agent(&client, caller.agent_id, false)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Agent", caller.agent_id))?;
+    Ok(HttpResponse::Ok().json(agent))
+}
+
 #[utoipa::path(get, path = "/agents/{id}", tag = "agents", params(("id" = Uuid, Path)),
     responses((status = 200, body = Agent), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),

@@ -23,6 +23,7 @@ use crate::state::AppState;
 use crate::validation;
 
 const WRITABLE: &[&str] = &[
+    "name",
     "title",
     "description",
     "schedule_kind",
@@ -48,6 +49,10 @@ const READ_ONLY: &[&str] = &["id", "status", "created_at", "updated_at", "next_r
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct TaskCreate {
+    /// Optional stable name, unique per owner among existing tasks (duplicate → 409): 1..100 characters of
+    /// `A-Za-z0-9._-`. Tasks-as-code files (`orrery apply`) find their task by it.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,100}$", example = "nightly-report")]
+    name: Option<String>,
     /// 1..200 characters.
     #[schema(min_length = 1, max_length = 200)]
     title: String,
@@ -99,6 +104,9 @@ pub struct TaskCreate {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct TaskPatch {
+    /// null removes the name.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,100}$")]
+    name: Option<String>,
     #[schema(min_length = 1, max_length = 200)]
     title: Option<String>,
     #[schema(max_length = 2000)]
@@ -169,6 +177,7 @@ pub struct SnoozeBody {
 
 /// The fields of a task body, read one by one.
 struct TaskInput {
+    name: Opt<String>,
     title: Opt<String>,
     description: Opt<String>,
     schedule_kind: Opt<String>,
@@ -200,7 +209,9 @@ fn read_input(body: &Value, creating: bool) -> ApiResult<TaskInput> {
             ));
         }
     }
+    let name = read_name(&mut f);
     let input = TaskInput {
+        name,
         title: f.string("title", 1, 200, false),
         description: f.string("description", 0, 2000, false),
         schedule_kind: f.string("schedule_kind", 1, 20, false),
@@ -234,6 +245,33 @@ fn read_input(body: &Value, creating: bool) -> ApiResult<TaskInput> {
     Ok(input)
 }
 
+const NAME_RULE: &str =
+    "must be 1 to 100 characters, each a letter (A-Z, a-z), a digit, '.', '_' or '-'";
+
+/// A task name: `^[A-Za-z0-9._-]{1,100}$` (the same rule as the column's CHECK).
+pub fn valid_name(s: &str) -> bool {
+    (1..=100).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn read_name(f: &mut Fields) -> Opt<String> {
+    match f.raw("name") {
+        None => Opt::Absent,
+        Some(Value::Null) => Opt::Null,
+        Some(Value::String(s)) if valid_name(s) => Opt::Set(s.clone()),
+        Some(Value::String(_)) => {
+            f.errors.push(FieldError::new("name", NAME_RULE));
+            Opt::Absent
+        }
+        Some(_) => {
+            f.errors
+                .push(FieldError::new("name", "must be a string or null"));
+            Opt::Absent
+        }
+    }
+}
+
 fn merge(mut v: TaskValues, i: TaskInput) -> TaskValues {
     fn set<T>(target: &mut T, value: Opt<T>) {
         if let Opt::Set(x) = value {
@@ -247,6 +285,7 @@ fn merge(mut v: TaskValues, i: TaskInput) -> TaskValues {
             Opt::Absent => {}
         }
     }
+    nullable(&mut v.name, i.name);
     set(&mut v.title, i.title);
     set(&mut v.description, i.description);
     set(&mut v.schedule_kind, i.schedule_kind);
@@ -402,23 +441,60 @@ async fn check_dedupe(c: &impl db::Db, v: &TaskValues, exclude: Option<Uuid>) ->
     Ok(())
 }
 
+/// 409 naming the task that already holds the name (per owner, among existing tasks).
+async fn check_name(c: &impl db::Db, v: &TaskValues, exclude: Option<Uuid>) -> ApiResult<()> {
+    let Some(name) = &v.name else {
+        return Ok(());
+    };
+    match db::tasks::find_by_name(c, v.created_by, name, exclude).await? {
+        Some(existing) => Err(name_taken(existing, name)),
+        None => Ok(()),
+    }
+}
+
+fn name_taken(existing: Uuid, name: &str) -> ApiError {
+    ApiError::Conflict {
+        message: format!("task {existing} already has the name {name:?}"),
+        details: Some(json!({"existing_task_id": existing, "name": name})),
+    }
+}
+
+/// A unique violation on the name index (two concurrent writers of one name): 409 naming the holder.
+async fn name_race(c: &impl db::Db, v: &TaskValues, e: tokio_postgres::Error) -> ApiError {
+    let is_name = e
+        .as_db_error()
+        .and_then(|d| d.constraint())
+        .is_some_and(|c| c == "task_owner_name");
+    match (&v.name, is_name) {
+        (Some(name), true) => match db::tasks::find_by_name(c, v.created_by, name, None).await {
+            Ok(Some(existing)) => name_taken(existing, name),
+            _ => ApiError::conflict(format!("another task already has the name {name:?}")),
+        },
+        _ => e.into(),
+    }
+}
+
 fn is_terminal(status: &str) -> bool {
     status == TaskStatus::Canceled.as_str() || status == TaskStatus::Completed.as_str()
 }
 
 #[utoipa::path(post, path = "/tasks", tag = "tasks", request_body = TaskCreate,
-    responses((status = 201, body = Task), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+    params(("dry_run" = Option<bool>, Query, description = "true: run every check (validation, name, dedupe) and answer 204 without writing")),
+    responses((status = 201, body = Task), (status = 204, description = "dry_run: the task is valid; nothing was written"), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope), (status = 413, body = ErrorEnvelope),
         (status = 415, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn create(
     state: web::Data<AppState>,
     caller: Caller,
+    q: QueryParams,
     body: JsonBody,
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::TasksWrite)?;
+    let dry_run = q.boolean("dry_run")?.unwrap_or(false);
     let input = read_input(&body.0, true)?;
     let defaults = TaskValues {
+        name: None,
         title: String::new(),
         description: String::new(),
         created_by: caller.agent_id,
@@ -451,6 +527,14 @@ pub async fn create(
     let until = (cursor.materialized_until < now).then_some(cursor.materialized_until);
     let mut client = state.db().await?;
     check_created_by(&client, &caller, values.created_by).await?;
+    check_name(&client, &values, None).await?;
+    if dry_run {
+        if values.dedupe_key.is_some() {
+            let tx = client.transaction().await?;
+            check_dedupe(&tx, &values, None).await?;
+        }
+        return Ok(HttpResponse::NoContent().finish());
+    }
     let fk_to_field = |e: tokio_postgres::Error| {
         if crate::error::sqlstate(&e) == Some("23503") {
             ApiError::field("created_by", "no agent has this id")
@@ -458,21 +542,29 @@ pub async fn create(
             e.into()
         }
     };
-    let task = if values.dedupe_key.is_some() {
+    let inserted = if values.dedupe_key.is_some() {
         let tx = client.transaction().await?;
         check_dedupe(&tx, &values, None).await?;
-        let row =
-            db::tasks::insert_audited(&tx, &values, until, cursor.next_run_at, caller.agent_id)
-                .await
-                .map_err(fk_to_field)?;
-        tx.commit().await?;
-        row.task
+        match db::tasks::insert_audited(&tx, &values, until, cursor.next_run_at, caller.agent_id)
+            .await
+        {
+            Ok(row) => {
+                tx.commit().await?;
+                Ok(row)
+            }
+            Err(e) => Err(e),
+        }
     } else {
         // The common case needs no transaction: task and audit record are one statement.
         db::tasks::insert_audited(&client, &values, until, cursor.next_run_at, caller.agent_id)
             .await
-            .map_err(fk_to_field)?
-            .task
+    };
+    let task = match inserted {
+        Ok(row) => row.task,
+        Err(e) if crate::error::sqlstate(&e) == Some("23505") => {
+            return Err(name_race(&client, &values, e).await)
+        }
+        Err(e) => return Err(fk_to_field(e)),
     };
     announce_task_change(&state, task.id, "created");
     if until.is_some() {
@@ -485,6 +577,7 @@ pub async fn create(
     params(("status" = Option<String>, Query, description = "active, paused, canceled or completed"),
         ("schedule_kind" = Option<String>, Query, description = "cron, rrule, once or event"),
         ("created_by" = Option<Uuid>, Query),
+        ("name" = Option<String>, Query, pattern = "^[A-Za-z0-9._-]{1,100}$", description = "exact task name"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 200), ("offset" = Option<i64>, Query, minimum = 0)),
     responses((status = 200, body = TaskPage), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
@@ -502,11 +595,16 @@ pub async fn list(
     let schedule_kind = q
         .parsed::<ScheduleKind>("schedule_kind", "one of cron, rrule, once, event")?
         .map(|k| k.as_str().to_string());
+    let name = match q.get("name") {
+        Some(n) if !valid_name(n) => return Err(ApiError::field("name", NAME_RULE)),
+        other => other.map(str::to_string),
+    };
     let filter = db::tasks::TaskFilter {
         status,
         schedule_kind,
         created_by: q.uuid("created_by")?,
         owner: caller.owner_filter(),
+        name,
     };
     let client = state.db().await?;
     let (items, total) = db::tasks::list(&client, &filter, page).await?;
@@ -543,8 +641,9 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(row.task))
 }
 
-#[utoipa::path(patch, path = "/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path)), request_body = TaskPatch,
-    responses((status = 200, body = Task), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+#[utoipa::path(patch, path = "/tasks/{id}", tag = "tasks", request_body = TaskPatch,
+    params(("id" = Uuid, Path), ("dry_run" = Option<bool>, Query, description = "true: run every check and answer 204 without writing")),
+    responses((status = 200, body = Task), (status = 204, description = "dry_run: the edit is valid; nothing was written"), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
         (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
     security(("bearer" = [])))]
@@ -552,10 +651,12 @@ pub async fn patch(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<String>,
+    q: QueryParams,
     body: JsonBody,
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::TasksWrite)?;
     let id = path_uuid(&path, "id")?;
+    let dry_run = q.boolean("dry_run")?.unwrap_or(false);
     let input = read_input(&body.0, false)?;
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
@@ -602,10 +703,25 @@ pub async fn patch(
     {
         check_dedupe(&tx, &values, Some(id)).await?;
     }
+    if values.name.is_some()
+        && (values.name != before.name || values.created_by != before.created_by)
+    {
+        check_name(&tx, &values, Some(id)).await?;
+    }
+    if dry_run {
+        return Ok(HttpResponse::NoContent().finish());
+    }
     if schedule_changed {
         db::tasks::delete_unleased_work(&tx, id, true).await?;
     }
-    let updated = db::tasks::update(&tx, id, &values, cursor).await?.task;
+    let updated = match db::tasks::update(&tx, id, &values, cursor).await {
+        Ok(row) => row.task,
+        Err(e) if crate::error::sqlstate(&e) == Some("23505") => {
+            drop(tx);
+            return Err(name_race(&client, &values, e).await);
+        }
+        Err(e) => return Err(e.into()),
+    };
     db::tasks::restamp_pending_work(&tx, &updated).await?;
     db::audit(
         &tx,
@@ -630,6 +746,7 @@ fn changed_fields(a: &TaskValues, b: &TaskValues) -> Vec<&'static str> {
         ($($f:ident),*) => { $( if a.$f != b.$f { out.push(stringify!($f)); } )* };
     }
     cmp!(
+        name,
         title,
         description,
         created_by,
@@ -651,9 +768,10 @@ fn changed_fields(a: &TaskValues, b: &TaskValues) -> Vec<&'static str> {
     out
 }
 
-#[utoipa::path(put, path = "/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path)), request_body = TaskPatch,
+#[utoipa::path(put, path = "/tasks/{id}", tag = "tasks", request_body = TaskPatch,
+    params(("id" = Uuid, Path), ("dry_run" = Option<bool>, Query, description = "true: run every check and answer 204 without writing")),
     description = "Same as PATCH (kept for compatibility).",
-    responses((status = 200, body = Task), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+    responses((status = 200, body = Task), (status = 204, description = "dry_run: the edit is valid; nothing was written"), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
         (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
     security(("bearer" = [])))]
@@ -661,9 +779,10 @@ pub async fn put(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<String>,
+    q: QueryParams,
     body: JsonBody,
 ) -> ApiResult<HttpResponse> {
-    patch(state, caller, path, body).await
+    patch(state, caller, path, q, body).await
 }
 
 #[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path)),
@@ -690,7 +809,7 @@ pub async fn delete(
         "task.delete",
         "task",
         &id.to_string(),
-        &json!({"title": row.task.title, "status": row.task.status}),
+        &json!({"title": row.task.title, "name": row.task.name, "status": row.task.status}),
     )
     .await?;
     tx.commit().await?;
