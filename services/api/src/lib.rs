@@ -11,6 +11,7 @@ pub mod routes;
 pub mod startup;
 pub mod state;
 pub mod validation;
+pub mod ui;
 
 use orrery::runtime::{self, HealthPort};
 

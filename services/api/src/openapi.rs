@@ -33,6 +33,7 @@ impl Modify for BearerAuth {
         queue::summary, queue::dead, queue::replay, queue::delete_dead, queue::workers,
         events::publish, events::recent, events::topics,
         health::live, health::ready, health::health, health::metrics,
+        crate::ui::api::me, crate::ui::api::overview, crate::ui::api::tasks, crate::ui::api::facets, crate::ui::api::task_runs, crate::ui::api::attempts, crate::ui::api::task_timeline, crate::ui::api::dead, crate::ui::stream::stream,
     ),
     components(schemas(crate::error::FieldError)),
     tags((name = "tasks"), (name = "agents"), (name = "runs"), (name = "queue"), (name = "events"), (name = "health"))
