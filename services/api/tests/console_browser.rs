@@ -529,6 +529,12 @@ async fn screenshots() {
 
     let b = browser(1280, 900).await;
     sign_in(&b, &stack, ADMIN).await;
+    b.wait_js(
+        "the live feed",
+        WAIT,
+        "return document.querySelector('#live-state')?.textContent === 'live'",
+    )
+    .await;
     let pages: Vec<(&str, String, &str)> = vec![
         ("overview", "#/".into(), "#overview .stat"),
         ("tasks", "#/tasks".into(), "#task-list tr[data-task-id]"),
@@ -549,6 +555,8 @@ async fn screenshots() {
             if scheme == "dark" && !matches!(*name, "overview" | "task-detail" | "tasks") {
                 continue;
             }
+            let tall = matches!(*name, "task-detail" | "task-form");
+            b.set_size(1280, if tall { 1700 } else { 900 }).await;
             b.goto(&stack.ui(hash)).await;
             if *name == "task-form" {
                 b.fill("#title", "Hourly cache warm-up").await;

@@ -64,7 +64,7 @@ function runsChart(runs) {
 export function render(main, [id], ctx) {
   const status = h('div', { hidden: true });
   const head = h('div', { class: 'page-head' });
-  const info = h('section', { class: 'card' });
+  const info = h('section', { class: 'card wide info' });
   const tlBox = h('section', { class: 'card wide', id: 'timeline' });
   const runsBox = h('section', { class: 'card wide', id: 'runs' });
   main.append(head, status, h('div', { class: 'grid' }, info, tlBox, runsBox));
