@@ -10,8 +10,8 @@ pub mod openapi;
 pub mod routes;
 pub mod startup;
 pub mod state;
-pub mod validation;
 pub mod ui;
+pub mod validation;
 
 use orrery::runtime::{self, HealthPort};
 

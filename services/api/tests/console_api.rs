@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{cron_task, expect, expect_error, expect_field_error, spawn_app, spawn_app_with, ADMIN};
+use common::{
+    cron_task, expect, expect_error, expect_field_error, spawn_app, spawn_app_with, ADMIN,
+};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -82,7 +84,12 @@ async fn console_endpoints_need_a_token_and_me_names_the_agent_and_its_scopes() 
     assert_eq!(admin["admin"], true);
     // Without the scope each endpoint names it.
     expect_error(app.get("/console/dead", &token).await, 403, "forbidden").await;
-    expect_error(app.get("/console/runs/stream", &token).await, 403, "forbidden").await;
+    expect_error(
+        app.get("/console/runs/stream", &token).await,
+        403,
+        "forbidden",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -96,8 +103,11 @@ async fn the_overview_counts_only_the_callers_tasks_and_hides_what_its_scopes_do
     app.task(ADMIN, cron_task("admin's")).await;
     let paused = app.task(ADMIN, cron_task("paused")).await;
     expect(
-        app.post_empty(&format!("/tasks/{}/pause", paused["id"].as_str().unwrap()), ADMIN)
-            .await,
+        app.post_empty(
+            &format!("/tasks/{}/pause", paused["id"].as_str().unwrap()),
+            ADMIN,
+        )
+        .await,
         200,
     )
     .await;
@@ -183,7 +193,8 @@ async fn the_task_list_walks_every_task_once_by_keyset_and_filters_and_searches(
     assert_eq!(seen[0], "ops 50%_off", "newest first");
 
     let berlin = expect(
-        app.get("/console/tasks?timezone=Europe/Berlin", ADMIN).await,
+        app.get("/console/tasks?timezone=Europe/Berlin", ADMIN)
+            .await,
         200,
     )
     .await;
@@ -192,7 +203,11 @@ async fn the_task_list_walks_every_task_once_by_keyset_and_filters_and_searches(
     let search = expect(app.get("/console/tasks?q=50%25_", ADMIN).await, 200).await;
     assert_eq!(search["items"].as_array().unwrap().len(), 1);
     let none = expect(app.get("/console/tasks?q=%25", ADMIN).await, 200).await;
-    assert_eq!(none["items"].as_array().unwrap().len(), 1, "only the title with a literal %");
+    assert_eq!(
+        none["items"].as_array().unwrap().len(),
+        1,
+        "only the title with a literal %"
+    );
     // A non-admin sees only its own, whatever it asks for.
     let own = expect(app.get("/console/tasks", &ops).await, 200).await;
     assert_eq!(own["items"].as_array().unwrap().len(), 1);
@@ -235,7 +250,8 @@ async fn task_runs_are_keyset_pages_and_attempts_group_the_runs_of_one_fire() {
     .await
     .unwrap();
     let first = expect(
-        app.get(&format!("/console/tasks/{id}/runs?limit=5"), ADMIN).await,
+        app.get(&format!("/console/tasks/{id}/runs?limit=5"), ADMIN)
+            .await,
         200,
     )
     .await;
@@ -263,7 +279,9 @@ async fn task_runs_are_keyset_pages_and_attempts_group_the_runs_of_one_fire() {
     let list = attempts["items"].as_array().unwrap();
     assert_eq!(list.len(), 3);
     assert_eq!(
-        list.iter().map(|r| r["attempt"].as_i64().unwrap()).collect::<Vec<_>>(),
+        list.iter()
+            .map(|r| r["attempt"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
         vec![1, 2, 3]
     );
     assert_eq!(attempts["task_title"], "runs");
@@ -322,7 +340,10 @@ async fn the_timeline_marks_the_dst_transition_and_the_fire_it_moved() {
         .filter(|f| f["dst"]["kind"] == "gap")
         .collect();
     assert!(!moved.is_empty());
-    assert_eq!(moved[0]["at"], gaps[0]["at"], "the 02:30 fire runs at the transition");
+    assert_eq!(
+        moved[0]["at"], gaps[0]["at"],
+        "the 02:30 fire runs at the transition"
+    );
     assert!(moved[0]["dst"]["intended_local"]
         .as_str()
         .unwrap()
@@ -345,7 +366,10 @@ async fn read_events(
     let mut text = String::new();
     while !done(&text) {
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no such event within {timeout:?}; got:\n{text}");
+        assert!(
+            !left.is_zero(),
+            "no such event within {timeout:?}; got:\n{text}"
+        );
         match tokio::time::timeout(left, res.chunk()).await {
             Ok(Ok(Some(bytes))) => text.push_str(&String::from_utf8_lossy(&bytes)),
             Ok(Ok(None)) => panic!("the stream ended; got:\n{text}"),
@@ -359,7 +383,9 @@ async fn read_events(
 #[tokio::test]
 async fn the_run_stream_sends_run_events_of_the_callers_tasks_only() {
     let app = spawn_app().await;
-    let (_, ops) = app.agent("ops", &["tasks:read", "tasks:write", "runs:read"]).await;
+    let (_, ops) = app
+        .agent("ops", &["tasks:read", "tasks:write", "runs:read"])
+        .await;
     let mine = app.task(&ops, cron_task("mine")).await;
     let theirs = app.task(ADMIN, cron_task("theirs")).await;
     let mut res = app
@@ -372,7 +398,10 @@ async fn the_run_stream_sends_run_events_of_the_callers_tasks_only() {
     assert_eq!(res.status().as_u16(), 200);
     assert_eq!(res.headers()["content-type"], "text/event-stream");
     assert_eq!(res.headers()["x-accel-buffering"], "no");
-    read_events(&mut res, Duration::from_secs(10), |t| t.contains("event: hello")).await;
+    read_events(&mut res, Duration::from_secs(10), |t| {
+        t.contains("event: hello")
+    })
+    .await;
     let client = redis::Client::open(app.redis_url.as_str()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     for (task, n) in [(&theirs, 7), (&mine, 8)] {

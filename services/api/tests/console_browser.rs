@@ -241,7 +241,10 @@ async fn the_task_form_shows_the_field_error_for_a_bad_cron_and_creates_a_valid_
         )
         .await;
     let error = error.as_str().unwrap().to_string();
-    assert!(error.contains("61"), "the API's message names the bad value: {error}");
+    assert!(
+        error.contains("61"),
+        "the API's message names the bad value: {error}"
+    );
     assert_eq!(
         b.js(
             "return document.querySelector('#schedule_expr').getAttribute('aria-invalid')",
@@ -419,7 +422,9 @@ async fn run_now_shows_the_run_live_and_a_dead_run_replayed_from_the_dead_work_p
         )
         .await;
     assert!(
-        said.as_str().unwrap().contains(&format!("Replayed work #{work_id}")),
+        said.as_str()
+            .unwrap()
+            .contains(&format!("Replayed work #{work_id}")),
         "{said}"
     );
     b.wait_js(
@@ -517,7 +522,8 @@ async fn screenshots() {
         let runs = stack
             .get(&format!("/console/tasks/{nightly}/runs"), ADMIN)
             .await;
-        (dead["items"].as_array().unwrap().len() >= 2 && runs["items"].as_array().unwrap().len() >= 6)
+        (dead["items"].as_array().unwrap().len() >= 2
+            && runs["items"].as_array().unwrap().len() >= 6)
             .then_some(())
     })
     .await;
@@ -539,12 +545,12 @@ async fn screenshots() {
         ("overview", "#/".into(), "#overview .stat"),
         ("tasks", "#/tasks".into(), "#task-list tr[data-task-id]"),
         ("task-form", "#/tasks/new".into(), "#preview li"),
+        ("task-detail", format!("#/tasks/{nightly}"), "#timeline svg"),
         (
-            "task-detail",
-            format!("#/tasks/{nightly}"),
-            "#timeline svg",
+            "run-detail",
+            format!("#/runs/{run_id}"),
+            "#attempts .attempt",
         ),
-        ("run-detail", format!("#/runs/{run_id}"), "#attempts .attempt"),
         ("dead-work", "#/dead".into(), "tr[data-dead-id]"),
         ("workers", "#/workers".into(), "#worker-list tbody tr"),
         ("events", "#/events".into(), "#recent-events tbody tr"),
@@ -577,9 +583,13 @@ async fn screenshots() {
                 )
                 .await;
             }
-            b.js("window.scrollTo(0, 0); document.activeElement?.blur(); return true", vec![])
+            b.js(
+                "window.scrollTo(0, 0); document.activeElement?.blur(); return true",
+                vec![],
+            )
+            .await;
+            b.screenshot(&dir.join(format!("{name}-{scheme}.png")))
                 .await;
-            b.screenshot(&dir.join(format!("{name}-{scheme}.png"))).await;
         }
     }
     // Phone width.

@@ -134,7 +134,10 @@ async fn run() -> anyhow::Result<()> {
 
     let vars: Vec<(String, String)> = vec![
         ("DATABASE_URL".into(), url.clone()),
-        ("REDIS_URL".into(), env("REDIS_URL", "redis://127.0.0.1:6379")),
+        (
+            "REDIS_URL".into(),
+            env("REDIS_URL", "redis://127.0.0.1:6379"),
+        ),
         ("REDIS_KEY_PREFIX".into(), "bench-console:".into()),
         ("API_PORT".into(), "0".into()),
         ("API_HOST".into(), "127.0.0.1".into()),
@@ -152,7 +155,12 @@ async fn run() -> anyhow::Result<()> {
         .build()?;
     let ops = format!("orr_{}", "b".repeat(64));
     for _ in 0..200 {
-        if http.get(format!("{base}/health/ready")).send().await.is_ok_and(|r| r.status().is_success()) {
+        if http
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -182,18 +190,66 @@ async fn run() -> anyhow::Result<()> {
     let deep_cursor = format!("{}_{}", deep.0.timestamp_micros(), deep.1);
 
     let cases: Vec<(&str, String, &str)> = vec![
-        ("GET /console/overview (admin)", "/console/overview".into(), ADMIN),
-        ("GET /console/overview (agent, 1,000 own tasks)", "/console/overview".into(), &ops),
-        ("GET /console/tasks (first page, 50)", "/console/tasks?limit=50".into(), ADMIN),
-        ("GET /console/tasks (second page, by cursor)", format!("/console/tasks?limit=50&after={cursor}"), ADMIN),
-        ("GET /console/tasks (page at task 9,950, by cursor)", format!("/console/tasks?limit=50&after={deep_cursor}"), ADMIN),
-        ("GET /console/tasks?status=paused&timezone=Asia/Tokyo", "/console/tasks?status=paused&timezone=Asia/Tokyo".into(), ADMIN),
-        ("GET /console/tasks?q=task 99 (search)", "/console/tasks?q=task%2099".into(), ADMIN),
-        ("GET /console/tasks (agent)", "/console/tasks?limit=50".into(), &ops),
-        ("GET /console/tasks/facets", "/console/tasks/facets".into(), ADMIN),
-        ("GET /console/tasks/{id}/runs (50)", format!("/console/tasks/{some_task}/runs?limit=50"), ADMIN),
-        ("GET /console/tasks/{id}/timeline (30 fires)", format!("/console/tasks/{some_task}/timeline"), ADMIN),
-        ("GET /console/dead (50 of 500)", "/console/dead?limit=50".into(), ADMIN),
+        (
+            "GET /console/overview (admin)",
+            "/console/overview".into(),
+            ADMIN,
+        ),
+        (
+            "GET /console/overview (agent, 1,000 own tasks)",
+            "/console/overview".into(),
+            &ops,
+        ),
+        (
+            "GET /console/tasks (first page, 50)",
+            "/console/tasks?limit=50".into(),
+            ADMIN,
+        ),
+        (
+            "GET /console/tasks (second page, by cursor)",
+            format!("/console/tasks?limit=50&after={cursor}"),
+            ADMIN,
+        ),
+        (
+            "GET /console/tasks (page at task 9,950, by cursor)",
+            format!("/console/tasks?limit=50&after={deep_cursor}"),
+            ADMIN,
+        ),
+        (
+            "GET /console/tasks?status=paused&timezone=Asia/Tokyo",
+            "/console/tasks?status=paused&timezone=Asia/Tokyo".into(),
+            ADMIN,
+        ),
+        (
+            "GET /console/tasks?q=task 99 (search)",
+            "/console/tasks?q=task%2099".into(),
+            ADMIN,
+        ),
+        (
+            "GET /console/tasks (agent)",
+            "/console/tasks?limit=50".into(),
+            &ops,
+        ),
+        (
+            "GET /console/tasks/facets",
+            "/console/tasks/facets".into(),
+            ADMIN,
+        ),
+        (
+            "GET /console/tasks/{id}/runs (50)",
+            format!("/console/tasks/{some_task}/runs?limit=50"),
+            ADMIN,
+        ),
+        (
+            "GET /console/tasks/{id}/timeline (30 fires)",
+            format!("/console/tasks/{some_task}/timeline"),
+            ADMIN,
+        ),
+        (
+            "GET /console/dead (50 of 500)",
+            "/console/dead?limit=50".into(),
+            ADMIN,
+        ),
     ];
     println!("\n| endpoint | p50 ms | p95 ms | max ms |\n|---|---:|---:|---:|");
     for (name, path, token) in &cases {
@@ -223,8 +279,14 @@ async fn run() -> anyhow::Result<()> {
     explain(&db, "Task list: a page deep in the list, by cursor",
         &format!("SELECT id, title FROM task WHERE (created_at, id) < ('{}', '{}') ORDER BY created_at DESC, id DESC LIMIT 51",
             deep.0.to_rfc3339(), deep.1)).await?;
-    explain(&db, "Task runs: newest 50 of one task",
-        &format!("SELECT id FROM task_run r WHERE r.task_id = '{some_task}' ORDER BY r.id DESC LIMIT 51")).await?;
+    explain(
+        &db,
+        "Task runs: newest 50 of one task",
+        &format!(
+            "SELECT id FROM task_run r WHERE r.task_id = '{some_task}' ORDER BY r.id DESC LIMIT 51"
+        ),
+    )
+    .await?;
     explain(&db, "Dead work: newest 50",
         "SELECT d.id FROM due_work d WHERE d.state = 'dead' ORDER BY d.dead_at DESC, d.id DESC LIMIT 51").await?;
     Ok(())

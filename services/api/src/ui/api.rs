@@ -8,8 +8,8 @@ use orrery::schedule::ScheduleKind;
 use uuid::Uuid;
 
 use super::models::{
-    ConsoleDeadPage, ConsoleDeadWork, ConsoleRunPage, ConsoleTask, ConsoleTaskPage, Me,
-    Overview, RunAttempts, TaskFacets, Timeline,
+    ConsoleDeadPage, ConsoleDeadWork, ConsoleRunPage, ConsoleTask, ConsoleTaskPage, Me, Overview,
+    RunAttempts, TaskFacets, Timeline,
 };
 use super::{queries, timeline};
 use crate::auth::Caller;
@@ -264,8 +264,9 @@ pub async fn task_timeline(
     let tz = orrery::schedule::parse_timezone(&t.timezone)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored time zone: {e}")))?;
     let now = Utc::now();
-    let schedule = orrery::schedule::Schedule::parse(kind, &t.schedule_expr, tz, row.schedule_anchor)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored schedule: {e}")))?;
+    let schedule =
+        orrery::schedule::Schedule::parse(kind, &t.schedule_expr, tz, row.schedule_anchor)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored schedule: {e}")))?;
     let built = timeline::build(
         &schedule,
         kind,

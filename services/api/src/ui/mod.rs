@@ -81,8 +81,14 @@ fn serve(req: &HttpRequest, name: &str) -> HttpResponse {
     res.insert_header((header::ETAG, etag.as_str()))
         // Revalidate every time: a new binary serves new assets at once; unchanged ones cost a 304.
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header((header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
-        .insert_header((header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))
+        .insert_header((
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .insert_header((
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
         .insert_header((header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
         .insert_header((header::CONTENT_SECURITY_POLICY, CSP));
     if matches {

@@ -7,7 +7,7 @@ use tokio_postgres::Error;
 use uuid::Uuid;
 
 use super::models::{
-    HourBucket, NextFire, OwnerRef, Overview, RunCounts, TaskCounts, WorkCounts, WorkerCounts,
+    HourBucket, NextFire, Overview, OwnerRef, RunCounts, TaskCounts, WorkCounts, WorkerCounts,
 };
 use crate::db::Db;
 use crate::models::{DeadWork, Run, TaskRow, DEAD_COLUMNS, RUN_COLUMNS, TASK_COLUMNS};
@@ -300,11 +300,7 @@ pub async fn task_runs(
 }
 
 /// Every attempt of one fire (the runs sharing its due_work id), oldest first.
-pub async fn attempts(
-    c: &impl Db,
-    task_id: Uuid,
-    due_work_id: i64,
-) -> Result<Vec<Run>, Error> {
+pub async fn attempts(c: &impl Db, task_id: Uuid, due_work_id: i64) -> Result<Vec<Run>, Error> {
     let st = c
         .prepare_cached(&format!(
             "SELECT {RUN_COLUMNS} FROM task_run r

@@ -31,7 +31,9 @@ fn redis_down(e: redis::RedisError) -> ApiError {
 /// A stream entry id as Redis writes them (`<ms>-<seq>`).
 fn valid_stream_id(s: &str) -> bool {
     let mut parts = s.split('-');
-    let ok = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()));
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()))
+    };
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
 }
 

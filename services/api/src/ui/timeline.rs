@@ -227,7 +227,11 @@ fn mark(fires: &mut [TimelineFire], instants: &[DateTime<Utc>], tr: &mut Transit
                     .filter(|&&j| j != i && wall(m.tz, instants[j]) == w)
                     .count()
                     > 0;
-                let which = if instants[i] < m.at { "first" } else { "second" };
+                let which = if instants[i] < m.at {
+                    "first"
+                } else {
+                    "second"
+                };
                 fires[i].dst = Some(FireDst {
                     kind: "fold".into(),
                     intended_local: None,

@@ -73,10 +73,8 @@ impl Driver {
 
     /// A headless Chromium with a fresh profile, at `width` × `height` CSS pixels.
     pub async fn browser(self, width: u32, height: u32) -> Browser {
-        let profile = std::env::temp_dir().join(format!(
-            "orrery-chromium-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let profile =
+            std::env::temp_dir().join(format!("orrery-chromium-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&profile).unwrap();
         let args = vec![
             "--headless".to_string(),
@@ -131,7 +129,10 @@ impl Browser {
         let res = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
         let status = res.status();
         let v: Value = res.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "WebDriver {path} answered {status}: {v}");
+        assert!(
+            status.is_success(),
+            "WebDriver {path} answered {status}: {v}"
+        );
         v["value"].clone()
     }
 
@@ -176,7 +177,10 @@ impl Browser {
             }
             if Instant::now() > deadline {
                 let text = self
-                    .js("return document.body ? document.body.innerText : ''", vec![])
+                    .js(
+                        "return document.body ? document.body.innerText : ''",
+                        vec![],
+                    )
                     .await;
                 panic!(
                     "timed out after {timeout:?} waiting for {what}; the page shows:\n{}",
@@ -206,7 +210,10 @@ impl Browser {
             }
             if Instant::now() > deadline {
                 let text = self
-                    .js("return document.body ? document.body.innerText : ''", vec![])
+                    .js(
+                        "return document.body ? document.body.innerText : ''",
+                        vec![],
+                    )
                     .await;
                 panic!(
                     "no element matches {css:?}; the page shows:\n{}",
@@ -219,15 +226,23 @@ impl Browser {
 
     pub async fn click(&self, css: &str) {
         let e = self.find(css).await;
-        self.call(reqwest::Method::POST, &format!("/element/{}/click", e.0), None)
-            .await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{}/click", e.0),
+            None,
+        )
+        .await;
     }
 
     /// Clears an input and types `text` with real key events.
     pub async fn fill(&self, css: &str, text: &str) {
         let e = self.find(css).await;
-        self.call(reqwest::Method::POST, &format!("/element/{}/clear", e.0), None)
-            .await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{}/clear", e.0),
+            None,
+        )
+        .await;
         self.call(
             reqwest::Method::POST,
             &format!("/element/{}/value", e.0),
@@ -238,11 +253,15 @@ impl Browser {
 
     pub async fn text(&self, css: &str) -> String {
         let e = self.find(css).await;
-        self.call(reqwest::Method::GET, &format!("/element/{}/text", e.0), None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{}/text", e.0),
+            None,
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
     }
 
     /// prefers-color-scheme as the page sees it (through chromedriver's DevTools bridge).
@@ -260,7 +279,11 @@ impl Browser {
             .send()
             .await
             .expect("cdp");
-        assert!(res.status().is_success(), "emulated media: {}", res.status());
+        assert!(
+            res.status().is_success(),
+            "emulated media: {}",
+            res.status()
+        );
     }
 
     /// A PNG of the viewport.
@@ -272,7 +295,6 @@ impl Browser {
         }
         std::fs::write(path, png).unwrap();
     }
-
 }
 
 impl Drop for Browser {
