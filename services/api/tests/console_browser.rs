@@ -582,6 +582,19 @@ async fn screenshots() {
                     "return document.querySelector('#runs tr[data-run-id]') !== null",
                 )
                 .await;
+                // 500 daily fires reach the next DST changes in New York whatever the date.
+                b.js(
+                    "const s = document.querySelector('#timeline-count'); s.value = '500';
+                     s.dispatchEvent(new Event('change')); return true",
+                    vec![],
+                )
+                .await;
+                b.wait_js(
+                    "the DST transitions",
+                    WAIT,
+                    "return document.querySelector('#transitions li') !== null",
+                )
+                .await;
             }
             b.js(
                 "window.scrollTo(0, 0); document.activeElement?.blur(); return true",

@@ -15,22 +15,22 @@ function wallText(local) {
 
 // The fires and transitions on one horizontal axis.
 function timelineSvg(tl) {
-  const W = 760, H = 86, L = 10, R = 10;
+  const W = 760, H = 100, L = 10, R = 10;
   const t0 = new Date(tl.window_start).getTime();
   const t1 = Math.max(new Date(tl.window_end).getTime(), t0 + 1);
   const x = (iso) => L + ((new Date(iso).getTime() - t0) / (t1 - t0)) * (W - L - R);
   const marks = [];
-  for (const tr of tl.transitions) {
+  tl.transitions.forEach((tr, n) => {
     const xx = x(tr.at);
     marks.push(svg('g', { class: `transition ${tr.kind}` },
       svg('title', { text: `${tr.kind === 'gap' ? 'Clocks jump forward' : 'Clocks go back'} at ${tr.at}: ${offsetText(tr.offset_before_seconds)} → ${offsetText(tr.offset_after_seconds)}` }),
       svg('line', { x1: xx, y1: 8, x2: xx, y2: H - 22 }),
-      svg('text', { x: xx + 3, y: 16, class: 'tick', text: `${offsetText(tr.offset_before_seconds)}→${offsetText(tr.offset_after_seconds).slice(3)}` })));
-  }
+      svg('text', { x: xx > W * 0.75 ? xx - 3 : xx + 3, y: n % 2 ? 80 : 16, class: xx > W * 0.75 ? 'tick end' : 'tick', text: `${offsetText(tr.offset_before_seconds)}→${offsetText(tr.offset_after_seconds).slice(3)}` })));
+  });
   tl.fires.forEach((f, i) => {
     marks.push(svg('g', { class: f.dst ? 'fire moved' : 'fire' },
       svg('title', { text: `#${i + 1} ${wallText(f.local)} ${tl.timezone} · ${f.at}${f.dst ? ` · ${f.dst.note}` : ''}` }),
-      svg('circle', { cx: x(f.at), cy: 44, r: f.dst ? 6 : 4 })));
+      svg('circle', { cx: x(f.at), cy: 44, r: f.dst ? 6 : tl.fires.length > 60 ? 1.5 : 4 })));
   });
   return svg('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart timeline', role: 'img',
     'aria-label': `${tl.fires.length} next fires between ${tl.window_start} and ${tl.window_end}; ${tl.transitions.length} DST transitions` },
@@ -191,7 +191,11 @@ export function render(main, [id], ctx) {
         ` at ${tr.local_before.slice(0, 16)} → ${tr.local_after.slice(11, 16)} local (`,
         h('time', { datetime: tr.at, title: `${tr.at} (UTC)`, text: tr.at.replace('T', ' ').replace(':00Z', ' UTC') }),
         `), ${offsetText(tr.offset_before_seconds)} → ${offsetText(tr.offset_after_seconds)}.`,
-        tr.skipped_local.length ? ` Skipped: ${tr.skipped_local.map((s) => s.slice(11, 16)).join(', ')} (those times do not exist that day).` : ''));
+        tr.skipped_local.length ? ` Skipped: ${tr.skipped_local.map((s) => s.slice(11, 16)).join(', ')} (those times do not exist that day).` : '',
+        (() => {
+          const near = tl.fires.map((f, i) => [f, i]).filter(([f]) => f.dst && Math.abs(new Date(f.at) - new Date(tr.at)) < 2 * 86400000);
+          return near.length ? h('ul', {}, near.map(([f, i]) => h('li', { class: 'moved-fire', text: `Fire #${i + 1} (${f.at.replace('T', ' ').replace(':00Z', ' UTC')}): ${f.dst.note}` }))) : '';
+        })()));
       clear(tlBox).append(
         h('div', { class: 'section-head' }, h('h2', { text: 'Next fires' }), h('label', { class: 'inline', for: 'timeline-count', text: 'Show' }), picker),
         tl.fires.length ? timelineSvg(tl) : h('p', { class: 'muted', text: task && task.schedule_kind === 'event' ? 'Event tasks fire when a matching event is published.' : 'No upcoming fires.' }),
