@@ -62,6 +62,8 @@ ensure_tools() {
   # Fault-injection tests run a private cluster with initdb/pg_ctl and a private redis-server.
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
   command -v redis-server >/dev/null || apt_install redis-server
+  # The console's browser tests drive Debian's headless Chromium through chromedriver.
+  { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || apt_install chromium chromium-driver
 }
 
 ensure_tools

@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod ui;
 pub mod validation;
 
 use orrery::runtime::{self, HealthPort};

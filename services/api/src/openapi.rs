@@ -34,6 +34,7 @@ impl Modify for BearerAuth {
         events::publish, events::recent, events::topics,
         audit::list,
         health::live, health::ready, health::health, health::metrics,
+        crate::ui::api::me, crate::ui::api::overview, crate::ui::api::tasks, crate::ui::api::facets, crate::ui::api::task_runs, crate::ui::api::attempts, crate::ui::api::task_timeline, crate::ui::api::dead, crate::ui::stream::stream,
     ),
     components(schemas(crate::error::FieldError)),
     tags((name = "tasks"), (name = "agents"), (name = "runs"), (name = "queue"), (name = "events"), (name = "audit"), (name = "health"))

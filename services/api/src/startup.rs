@@ -141,6 +141,7 @@ impl Application {
                         .into()
                 }))
                 .configure(routes)
+                .configure(crate::ui::routes)
                 .default_service(web::to(not_found))
                 .wrap(from_fn(crate::middleware::edge))
         })
