@@ -50,6 +50,8 @@ pub struct Settings {
     pub scheduler_reconcile_interval: f64,
     pub scheduler_batch_size: u32,
     pub scheduler_event_reclaim_ms: u64,
+    /// An event relayed from the outbox but not delivered after this many seconds is published again.
+    pub scheduler_event_redeliver_seconds: u32,
     pub retention_runs_days: u32,
     pub retention_audit_days: u32,
     pub retention_stream_max_len: u32,
@@ -124,6 +126,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("scheduler_reconcile_interval", "10"),
     ("scheduler_batch_size", "500"),
     ("scheduler_event_reclaim_ms", "30000"),
+    ("scheduler_event_redeliver_seconds", "60"),
     ("retention_runs_days", "30"),
     ("retention_audit_days", "90"),
     ("retention_stream_max_len", "100000"),

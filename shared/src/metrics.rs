@@ -52,6 +52,14 @@ pub static FIRES_MATERIALIZED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers")
 });
 
+pub static EVENTS_RELAYED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "orrery_scheduler_events_relayed_total",
+        "events the relay published from the outbox (the API could not, or Redis lost them)"
+    )
+    .expect("metric registers")
+});
+
 pub static MISFIRES_SKIPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "orrery_scheduler_misfires_skipped_total",

@@ -112,3 +112,26 @@ impl Redis {
         }
     }
 }
+
+/// The fields of an `events` stream entry, as every publisher writes them and the scheduler reads them.
+pub fn event_fields(
+    event_id: &str,
+    topic: &str,
+    payload: &serde_json::Value,
+    published_by: Option<&str>,
+    published_at: chrono::DateTime<chrono::Utc>,
+) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        ("event_id", event_id.to_string()),
+        ("topic", topic.to_string()),
+        ("payload", payload.to_string()),
+    ];
+    if let Some(by) = published_by {
+        fields.push(("published_by", by.to_string()));
+    }
+    fields.push((
+        "published_at",
+        published_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    ));
+    fields
+}

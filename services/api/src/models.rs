@@ -402,8 +402,9 @@ pub struct TaskRef {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EventAccepted {
     pub event_id: Uuid,
-    /// The entry id in the `events` stream.
-    pub stream_id: String,
+    /// The entry id in the `events` stream; null when Redis could not be reached: the event is stored in
+    /// PostgreSQL (`event_outbox`) and a scheduler's relay publishes it as soon as Redis is back.
+    pub stream_id: Option<String>,
     pub topic: String,
     /// Active event tasks whose topic pattern matches, among those the caller may see.
     pub matching_tasks: Vec<TaskRef>,

@@ -128,6 +128,13 @@ pub async fn deliver(pool: &Pool, events: &[Event]) -> anyhow::Result<u64> {
                 .await?;
         }
     }
+    // Delivered: the relay never publishes these again.
+    let event_ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    tx.execute(
+        "UPDATE event_outbox SET delivered_at = now() WHERE event_id = ANY($1) AND delivered_at IS NULL",
+        &[&event_ids],
+    )
+    .await?;
     tx.commit().await?;
     orrery::metrics::FIRES_MATERIALIZED
         .with_label_values(&["event"])

@@ -6,6 +6,7 @@
 pub mod events;
 pub mod maintenance;
 pub mod materializer;
+pub mod relay;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +56,12 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         ctx.redis.clone(),
         id.clone(),
         ctx.settings.scheduler_event_reclaim_ms,
+        ctx.stop.clone(),
+    ));
+    tokio::spawn(relay::run(
+        ctx.pool.clone(),
+        ctx.redis.clone(),
+        ctx.settings.scheduler_event_redeliver_seconds,
         ctx.stop.clone(),
     ));
     let maintenance = Arc::new(maintenance::Maintenance {

@@ -59,7 +59,12 @@ impl Maintenance {
         let client = self.pool.get().await?;
         let runs_days = self.settings.retention_runs_days as i32;
         let audit_days = self.settings.retention_audit_days as i32;
-        let jobs: [(&str, i32); 3] = [
+        let jobs: [(&str, i32); 4] = [
+            (
+                "DELETE FROM event_outbox WHERE id IN (
+                   SELECT id FROM event_outbox WHERE delivered_at < now() - make_interval(days => $1) LIMIT $2)",
+                runs_days,
+            ),
             (
                 "DELETE FROM task_run WHERE id IN (
                    SELECT id FROM task_run WHERE finished_at < now() - make_interval(days => $1) LIMIT $2)",

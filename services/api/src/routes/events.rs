@@ -1,7 +1,6 @@
 //! /events: publish to the `events` stream, read it back, list subscribed topics.
 
 use actix_web::{web, HttpResponse};
-use chrono::{SecondsFormat, Utc};
 use orrery::model::Scope;
 use orrery::streams::EVENTS;
 use serde::Deserialize;
@@ -32,12 +31,11 @@ pub struct EventPublish {
     payload: Option<Value>,
 }
 
-fn redis_down(e: redis::RedisError) -> ApiError {
-    tracing::warn!(error = %e, "redis unavailable");
-    ApiError::Unavailable("Redis is unavailable; the event was not published".into())
-}
+/// How long this request keeps the event to itself before a relay may publish it.
+const RELAY_HOLD_SECONDS: i32 = 5;
 
 #[utoipa::path(post, path = "/events", tag = "events", request_body = EventPublish,
+    description = "Stores the event (PostgreSQL, with its audit record) and puts it on the `events` stream. 202 means stored: with Redis down it is still accepted (`stream_id` null) and a scheduler's relay publishes it once Redis is back; every matching active task runs once for it.",
     responses((status = 202, body = EventAccepted), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope), (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope),
         (status = 422, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)),
@@ -76,6 +74,17 @@ pub async fn publish(
         .map(|(task, _)| task)
         .collect();
     let event_id = Uuid::new_v4();
+    // The event is stored with its audit record in one transaction (the outbox); accepted means stored. This
+    // request holds it for a few seconds to put it on the stream itself; if it cannot, a scheduler's relay will.
+    let published_at = db::events::insert_outbox(
+        &tx,
+        event_id,
+        &topic,
+        &payload,
+        caller.agent_id,
+        RELAY_HOLD_SECONDS,
+    )
+    .await?;
     db::audit(
         &tx,
         caller.agent_id,
@@ -85,27 +94,30 @@ pub async fn publish(
         &json!({"topic": topic, "matching_tasks": matching.len()}),
     )
     .await?;
-    // The stream entry is the only copy of the event: if Redis refuses it, the audit record is rolled back
-    // and nothing is half-written.
-    let stream_id = state
-        .redis
-        .xadd(
-            EVENTS,
-            None,
-            &[
-                ("event_id", event_id.to_string()),
-                ("topic", topic.clone()),
-                ("payload", payload.to_string()),
-                ("published_by", caller.agent_id.to_string()),
-                (
-                    "published_at",
-                    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-                ),
-            ],
-        )
-        .await
-        .map_err(redis_down)?;
     tx.commit().await?;
+    let fields = orrery::streams::event_fields(
+        &event_id.to_string(),
+        &topic,
+        &payload,
+        Some(&caller.agent_id.to_string()),
+        published_at,
+    );
+    let stream_id = match state.redis.xadd(EVENTS, None, &fields).await {
+        Ok(id) => {
+            if let Err(e) = db::events::mark_relayed(&client, event_id, &id).await {
+                // The relay will publish it again after the hold; consumers deliver once per event id.
+                tracing::warn!(error = %e, %event_id, "event published but not marked as relayed");
+            }
+            Some(id)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, %event_id, "Redis unavailable: the event waits in the outbox for the relay");
+            if let Err(e) = db::events::release(&client, event_id).await {
+                tracing::warn!(error = %e, %event_id, "could not release the event to the relay early");
+            }
+            None
+        }
+    };
     Ok(HttpResponse::Accepted().json(EventAccepted {
         event_id,
         stream_id,

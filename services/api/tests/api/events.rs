@@ -66,6 +66,18 @@ async fn publishing_appends_to_the_events_stream_and_lists_the_visible_matching_
     assert!(chrono::DateTime::parse_from_rfc3339(&e["published_at"]).is_ok());
     assert_eq!(r["stream_id"].as_str().unwrap().split('-').count(), 2);
     assert_eq!(app.audit_count("event.publish").await, 2);
+    // Stored in the outbox too, marked as on the stream so the relay leaves it alone.
+    let relayed: i64 = app
+        .sql()
+        .await
+        .query_one(
+            "SELECT count(*) FROM event_outbox WHERE relayed_at IS NOT NULL AND stream_id IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(relayed, 2);
 }
 
 #[tokio::test]
@@ -99,21 +111,34 @@ async fn invalid_topics_are_422() {
 }
 
 #[tokio::test]
-async fn with_redis_down_publishing_is_503_and_writes_nothing() {
+async fn with_redis_down_an_event_is_still_accepted_into_the_outbox_for_the_relay() {
     let port = orrery::testing::free_port();
     let app = spawn_app_with(&[("REDIS_URL", &format!("redis://127.0.0.1:{port}"))]).await;
-    expect_error(
-        app.post("/events", ADMIN, json!({"topic": "a.b", "payload": {}}))
-            .await,
-        503,
-        "unavailable",
+    let accepted = expect(
+        app.post(
+            "/events",
+            ADMIN,
+            json!({"topic": "a.b", "payload": {"n": 1}}),
+        )
+        .await,
+        202,
     )
     .await;
-    assert_eq!(
-        app.audit_count("event.publish").await,
-        0,
-        "nothing half-written"
-    );
+    assert_eq!(accepted["stream_id"], serde_json::Value::Null, "{accepted}");
+    assert_eq!(app.audit_count("event.publish").await, 1);
+    let row = app
+        .sql()
+        .await
+        .query_one(
+            "SELECT topic, payload, relayed_at IS NULL, claimed_until IS NULL FROM event_outbox WHERE event_id = $1",
+            &[&accepted["event_id"].as_str().unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "a.b");
+    assert_eq!(row.get::<_, serde_json::Value>(1), json!({"n": 1}));
+    assert!(row.get::<_, bool>(2), "not on the stream yet");
+    assert!(row.get::<_, bool>(3), "released to the relay at once");
     expect_error(app.get("/events/recent", ADMIN).await, 503, "unavailable").await;
     // Everything else keeps working without Redis.
     let task = app.task(ADMIN, cron_task("no redis")).await;
