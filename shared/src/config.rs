@@ -43,6 +43,10 @@ pub struct Settings {
     pub api_workers: usize,
     pub api_body_limit_bytes: usize,
     pub orrery_admin_token: Option<SecretString>,
+    /// 64 hex characters (32 bytes): encrypts the values of `PUT /secrets` (AES-256-GCM).
+    pub orrery_secrets_key: Option<SecretString>,
+    /// Earlier keys, comma-separated, still accepted for decryption during a rotation.
+    pub orrery_secrets_old_keys: Option<SecretString>,
 
     pub scheduler_health_port: u16,
     pub scheduler_misfire_grace_time: u32,
@@ -89,6 +93,10 @@ impl fmt::Debug for Settings {
             .field(
                 "orrery_admin_token",
                 &self.orrery_admin_token.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field(
+                "orrery_secrets_key",
+                &self.orrery_secrets_key.as_ref().map(|_| "[REDACTED]"),
             )
             .field("scheduler_health_port", &self.scheduler_health_port)
             .field("worker_health_port", &self.worker_health_port)
@@ -144,6 +152,44 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("worker_http_allow_cidrs", ""),
 ];
 
+/// Variables without a default (secrets that are absent unless set).
+const OPTIONAL: &[&str] = &[
+    "orrery_admin_token",
+    "orrery_secrets_key",
+    "orrery_secrets_old_keys",
+];
+
+fn is_known(lower: &str) -> bool {
+    DEFAULTS.iter().any(|(d, _)| *d == lower) || OPTIONAL.contains(&lower)
+}
+
+/// Resolves `<VARIABLE>_FILE` into `<VARIABLE>`.
+fn with_file_variables(vars: &[(String, String)]) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out: Vec<(String, String)> = vars.to_vec();
+    for (key, path) in vars {
+        let Some(base) = key.strip_suffix("_FILE") else {
+            continue;
+        };
+        if key == "ORRERY_CONFIG_FILE" || !is_known(&base.to_lowercase()) || path.is_empty() {
+            continue;
+        }
+        if vars.iter().any(|(k, v)| k == base && !v.is_empty()) {
+            return Err(ConfigError::new(
+                key,
+                format!("{base} and {key} are both set; set only one of them"),
+            ));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(key, format!("cannot read {path}: {e}")))?;
+        out.retain(|(k, _)| k != base);
+        out.push((
+            base.to_string(),
+            text.trim_end_matches(['\n', '\r']).to_string(),
+        ));
+    }
+    Ok(out)
+}
+
 impl Settings {
     /// Loads from the process environment (and `ORRERY_CONFIG_FILE` when set).
     pub fn load() -> Result<Self, ConfigError> {
@@ -152,7 +198,12 @@ impl Settings {
     }
 
     /// Loads from an explicit environment (tests), still honouring `ORRERY_CONFIG_FILE` inside it.
+    ///
+    /// Every variable can instead be read from a file named by `<VARIABLE>_FILE` (`DATABASE_URL_FILE`,
+    /// `ORRERY_ADMIN_TOKEN_FILE`, ...: Docker and Compose secrets), its trailing line break removed. Setting
+    /// both is an error, as is a file that cannot be read.
     pub fn from_sources(vars: &[(String, String)]) -> Result<Self, ConfigError> {
+        let vars = &with_file_variables(vars)?;
         let mut builder = Config::builder();
         for (key, value) in DEFAULTS {
             builder = builder
@@ -177,7 +228,7 @@ impl Settings {
             .iter()
             .filter(|(k, _)| {
                 let lower = k.to_lowercase();
-                DEFAULTS.iter().any(|(d, _)| *d == lower) || lower == "orrery_admin_token"
+                is_known(&lower)
             })
             .map(|(k, v)| (k.to_lowercase(), v.clone()))
             .collect();
@@ -272,6 +323,16 @@ impl Settings {
                 ));
             }
         }
+        for (name, key) in [
+            ("ORRERY_SECRETS_KEY", &self.orrery_secrets_key),
+            ("ORRERY_SECRETS_OLD_KEYS", &self.orrery_secrets_old_keys),
+        ] {
+            if let Some(k) = key {
+                if let Err(e) = crate::secrets::Keyring::parse_keys(k.expose_secret()) {
+                    return Err(ConfigError::new(name, e));
+                }
+            }
+        }
         if !self
             .redis_key_prefix
             .chars()
@@ -283,6 +344,20 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// The keys that encrypt and decrypt secrets; `None` when `ORRERY_SECRETS_KEY` is not set.
+    pub fn secrets_keyring(&self) -> Option<crate::secrets::Keyring> {
+        let current = self.orrery_secrets_key.as_ref()?.expose_secret();
+        if current.trim().is_empty() {
+            return None;
+        }
+        let old = self
+            .orrery_secrets_old_keys
+            .as_ref()
+            .map(|k| k.expose_secret().to_string())
+            .unwrap_or_default();
+        crate::secrets::Keyring::new(current, &old).ok()
     }
 
     /// The admin token, if configured and non-empty.

@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod queue;
 pub mod runtime;
 pub mod schedule;
+pub mod secrets;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;

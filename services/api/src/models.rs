@@ -484,3 +484,28 @@ pub struct AuditPage {
     /// The id to pass as `before` for the next (older) page; null on the last page.
     pub next_before: Option<i64>,
 }
+
+/// A secret as the API shows it: never its value.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretInfo {
+    /// The agent whose tasks can read it as `${secrets.NAME}`.
+    pub owner: Uuid,
+    pub name: String,
+    /// Which encryption key sealed it (first 16 hex characters of the key's SHA-256).
+    pub key_id: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretList {
+    pub items: Vec<SecretInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Reencrypted {
+    /// Secrets re-sealed with the current key.
+    pub reencrypted: i64,
+    /// Id of the current key.
+    pub key_id: String,
+}

@@ -10,7 +10,7 @@ use orrery::runtime::Context;
 use crate::auth::AuthCache;
 use crate::error::ApiError;
 use crate::input::BodyLimit;
-use crate::routes::{agents, audit, events, health, queue, runs, schedules, tasks};
+use crate::routes::{agents, audit, events, health, queue, runs, schedules, secrets, tasks};
 use crate::state::AppState;
 
 pub struct Application {
@@ -95,6 +95,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .route("/workers", web::get().to(queue::workers))
     .route("/audit", web::get().to(audit::list))
+    .route("/secrets", web::get().to(secrets::list))
+    .route("/secrets/reencrypt", web::post().to(secrets::reencrypt))
+    .service(
+        web::resource("/secrets/{name}")
+            .route(web::put().to(secrets::put))
+            .route(web::get().to(secrets::get))
+            .route(web::delete().to(secrets::delete)),
+    )
     .service(
         web::scope("/events")
             .route("", web::post().to(events::publish))

@@ -13,6 +13,7 @@ pub mod heartbeat;
 pub mod lease;
 pub mod run_events;
 pub mod runner;
+pub mod secrets;
 pub mod wakeup;
 pub mod worker;
 

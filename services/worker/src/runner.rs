@@ -119,14 +119,35 @@ pub async fn run_one(
             )
         }
     };
-    let ctx = run_context(work, &payload);
+    let mut ctx = run_context(work, &payload);
+    // Only runs whose pipeline reads `secrets.NAME` touch the secret table.
+    let names = orrery::secrets::referenced_names(&work.task_payload);
+    let secrets = if names.is_empty() {
+        Vec::new()
+    } else {
+        match crate::secrets::load(shared, work.task_id, &names).await {
+            Ok(s) => s,
+            Err(failure) => return (None, Err(failure)),
+        }
+    };
+    for (name, value) in &secrets {
+        ctx.secrets
+            .insert(name.clone(), Value::String(value.clone()));
+    }
     let sink = Arc::new(StreamSink::new(
         shared.redis.clone(),
         format!("task:{}", work.task_id),
     ));
     let executor = Executor::new(http.clone(), sink);
     let timeout = Duration::from_secs(work.timeout_seconds.max(1) as u64);
-    let (output, outcome) = executor.run(&payload, &ctx, timeout).await;
+    let (mut output, mut outcome) = executor.run(&payload, &ctx, timeout).await;
+    // Whatever a step returned or a server echoed: no secret value leaves the run.
+    if !secrets.is_empty() {
+        orrery::secrets::redact_value(&mut output, &secrets);
+        if let Err(f) = &mut outcome {
+            f.message = orrery::secrets::redact_str(&f.message, &secrets);
+        }
+    }
     (Some(output), outcome)
 }
 
@@ -146,6 +167,7 @@ pub fn run_context(work: &ClaimedWork, payload: &Payload) -> RunContext {
         scheduled_for: work.run_at,
         params,
         event: work.event.clone(),
+        secrets: Map::new(),
     }
 }
 

@@ -35,6 +35,8 @@ pub struct WorkerSettings {
     pub backoff_max: f64,
     pub shutdown_grace: Duration,
     pub http_body_cap: usize,
+    /// Opens the secrets a pipeline reads; `None` without ORRERY_SECRETS_KEY.
+    pub secrets: Option<orrery::secrets::Keyring>,
 }
 
 impl WorkerSettings {
@@ -49,6 +51,7 @@ impl WorkerSettings {
             backoff_max: s.worker_backoff_max_delay,
             shutdown_grace: Duration::from_secs(s.worker_shutdown_grace_seconds as u64),
             http_body_cap: s.worker_http_body_cap_bytes,
+            secrets: s.secrets_keyring(),
         }
     }
 

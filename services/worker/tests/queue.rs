@@ -818,3 +818,127 @@ async fn a_pipeline_calling_the_cloud_metadata_address_dies_at_once_with_a_polic
         "{error}"
     );
 }
+
+const SECRETS_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+/// Seals `value` as the system agent's secret `name`, as `PUT /secrets/{name}` does.
+async fn put_secret(c: &tokio_postgres::Client, name: &str, value: &str) {
+    let ring = orrery::secrets::Keyring::new(SECRETS_KEY, "").unwrap();
+    let owner = orrery::model::SYSTEM_AGENT_ID;
+    let sealed = ring.seal(owner, name, value);
+    c.execute(
+        "INSERT INTO secret (owner, name, ciphertext, nonce, key_id) VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &owner,
+            &name,
+            &sealed.ciphertext,
+            &sealed.nonce,
+            &sealed.key_id,
+        ],
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_secret_reaches_the_request_but_never_the_output_the_error_or_the_log() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let prefix = redis_prefix();
+    let http = TestHttp::start().await;
+    let secret = "sk-live-8d1f2a9b7c";
+    put_secret(&c, "API_TOKEN", secret).await;
+    // /ok echoes the Idempotency-Key header back in its JSON body, as a careless server reflects a credential.
+    let echoed = insert_task(
+        &c,
+        TaskSpec {
+            pipeline: json!([
+                {"id": "call", "uses": "http.request",
+                 "with": {"url": http.url("/ok"), "headers": {"Idempotency-Key": "${secrets.API_TOKEN}"}}},
+                {"id": "keep", "uses": "noop", "with": {"copy": "Bearer ${secrets.API_TOKEN}"}}
+            ]),
+            ..TaskSpec::default()
+        },
+    )
+    .await;
+    // A 404 whose error message carries the URL, with the secret in its path.
+    let failing = insert_task(
+        &c,
+        TaskSpec {
+            pipeline: json!([{"id": "bad", "uses": "http.request",
+                              "with": {"url": format!("{}/${{secrets.API_TOKEN}}", http.url("/missing"))}}]),
+            max_retries: 0,
+            ..TaskSpec::default()
+        },
+    )
+    .await;
+    // A pipeline reading a secret that does not exist fails permanently, naming it.
+    let unset = insert_task(
+        &c,
+        TaskSpec {
+            pipeline: json!([{"id": "n", "uses": "noop", "with": {"x": "${secrets.NOT_SET}"}}]),
+            ..TaskSpec::default()
+        },
+    )
+    .await;
+    for task in [echoed, failing, unset] {
+        insert_work(&c, task, WorkSpec::default()).await;
+    }
+    let worker = start_worker(&db, &prefix, &[("ORRERY_SECRETS_KEY", SECRETS_KEY)]).await;
+    hint(&prefix).await;
+    wait_count(
+        &c,
+        "three finished runs",
+        "SELECT count(*) FROM task_run",
+        3,
+    )
+    .await;
+
+    // The server did receive the secret.
+    assert!(http
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, key)| key.as_deref() == Some(secret)));
+    let row = |task: uuid::Uuid| {
+        let c = &c;
+        async move {
+            c.query_one(
+                "SELECT success, coalesce(error, ''), coalesce(error_kind, ''), output::text FROM task_run WHERE task_id = $1",
+                &[&task],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let ok = row(echoed).await;
+    assert!(ok.get::<_, bool>(0));
+    let output: String = ok.get(3);
+    assert!(!output.contains(secret), "{output}");
+    assert!(output.contains("[redacted:API_TOKEN]"), "{output}");
+    let bad = row(failing).await;
+    let error: String = bad.get(1);
+    assert_eq!(bad.get::<_, String>(2), "http_4xx");
+    assert!(
+        !error.contains(secret) && error.contains("[redacted:API_TOKEN]"),
+        "{error}"
+    );
+    assert!(!bad.get::<_, String>(3).contains(secret));
+    let missing = row(unset).await;
+    assert_eq!(missing.get::<_, String>(2), "secret");
+    assert!(missing.get::<_, String>(1).contains("NOT_SET"));
+    let dead_errors: String = c
+        .query_one(
+            "SELECT coalesce(string_agg(last_error, ' '), '') FROM due_work",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!dead_errors.contains(secret));
+    assert!(
+        !worker.log_text().contains(secret),
+        "the worker's log holds the secret"
+    );
+}

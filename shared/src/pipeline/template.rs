@@ -34,7 +34,7 @@ impl TemplateError {
 }
 
 /// The top-level names a template may start from.
-pub const CONTEXT_ROOTS: &[&str] = &["params", "steps", "event", "task", "run", "now"];
+pub const CONTEXT_ROOTS: &[&str] = &["params", "steps", "event", "task", "run", "now", "secrets"];
 
 /// One piece of a templated string.
 #[derive(Debug, Clone, PartialEq, Eq)]

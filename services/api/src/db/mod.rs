@@ -5,6 +5,7 @@ pub mod audit;
 pub mod events;
 pub mod queue;
 pub mod runs;
+pub mod secrets;
 pub mod tasks;
 
 use chrono::{DateTime, Utc};

@@ -7,6 +7,7 @@ pub mod health;
 pub mod queue;
 pub mod runs;
 pub mod schedules;
+pub mod secrets;
 pub mod tasks;
 
 use orrery::streams::{TASK_CHANGES, TASK_CHANGES_MAXLEN, WAKEUP, WAKEUP_MAXLEN};

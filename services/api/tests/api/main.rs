@@ -12,4 +12,5 @@ mod names;
 mod preview;
 mod queue;
 mod runs;
+mod secrets;
 mod tasks;

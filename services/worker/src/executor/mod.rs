@@ -62,6 +62,8 @@ pub struct RunContext {
     pub params: Map<String, Value>,
     /// `{id, topic, payload, published_at}` for event-triggered runs.
     pub event: Option<Value>,
+    /// The secrets the pipeline reads (`secrets.NAME`), decrypted; redacted from everything the run returns.
+    pub secrets: Map<String, Value>,
 }
 
 impl RunContext {
@@ -71,6 +73,7 @@ impl RunContext {
             "params": self.params,
             "steps": {},
             "event": self.event.clone().unwrap_or(Value::Null),
+            "secrets": self.secrets,
             "task": {"id": self.task_id, "title": self.task_title},
             "run": {
                 "id": self.run_id,
@@ -547,6 +550,7 @@ mod tests {
                 "payload": {"email": "ada@example.com"},
                 "published_at": "2024-03-10T08:59:59Z"
             })),
+            secrets: Map::new(),
         }
     }
 
