@@ -40,7 +40,10 @@ pub struct Token {
     pub id: Uuid,
     pub agent_id: Uuid,
     pub created_at: DateTime<Utc>,
+    /// Updated at most once a minute.
     pub last_used_at: Option<DateTime<Utc>>,
+    /// After this instant the token is refused (401); null = never expires.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// A token just created: its metadata and the secret, which is never shown again.
@@ -50,6 +53,7 @@ pub struct NewTokenResponse {
     pub agent_id: Uuid,
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
     /// `orr_` + 64 hex characters. Store it now: only its SHA-256 digest is kept.
     pub token: String,
 }

@@ -20,7 +20,8 @@ pub async fn token_by_hash(c: &impl Db, hash: &[u8]) -> Result<Option<TokenLooku
         .prepare_cached(
             "SELECT t.id, t.agent_id, a.scopes, t.last_used_at
                FROM agent_token t JOIN agent a ON a.id = t.agent_id
-              WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
+              WHERE t.token_hash = $1 AND t.revoked_at IS NULL
+                AND (t.expires_at IS NULL OR t.expires_at > now())",
         )
         .await?;
     Ok(c.query_opt(&st, &[&hash]).await?.map(|r| TokenLookup {
@@ -58,14 +59,19 @@ pub async fn insert_agent(
     Ok(Agent::from_row(&row))
 }
 
-pub async fn insert_token(c: &impl Db, agent_id: Uuid, hash: &[u8]) -> Result<Token, Error> {
+pub async fn insert_token(
+    c: &impl Db,
+    agent_id: Uuid,
+    hash: &[u8],
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<Token, Error> {
     let st = c
         .prepare_cached(
-            "INSERT INTO agent_token (agent_id, token_hash) VALUES ($1, $2)
-             RETURNING id, agent_id, created_at, last_used_at",
+            "INSERT INTO agent_token (agent_id, token_hash, expires_at) VALUES ($1, $2, $3)
+             RETURNING id, agent_id, created_at, last_used_at, expires_at",
         )
         .await?;
-    let r = c.query_one(&st, &[&agent_id, &hash]).await?;
+    let r = c.query_one(&st, &[&agent_id, &hash, &expires_at]).await?;
     Ok(token_from_row(&r))
 }
 
@@ -75,6 +81,7 @@ fn token_from_row(r: &tokio_postgres::Row) -> Token {
         agent_id: r.get(1),
         created_at: r.get(2),
         last_used_at: r.get(3),
+        expires_at: r.get(4),
     }
 }
 
@@ -139,7 +146,7 @@ pub async fn delete_agent(c: &impl Db, id: Uuid) -> Result<u64, Error> {
 pub async fn list_tokens(c: &impl Db, agent_id: Uuid) -> Result<Vec<Token>, Error> {
     let st = c
         .prepare_cached(
-            "SELECT id, agent_id, created_at, last_used_at FROM agent_token
+            "SELECT id, agent_id, created_at, last_used_at, expires_at FROM agent_token
               WHERE agent_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC, id DESC",
         )
         .await?;

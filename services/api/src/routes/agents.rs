@@ -117,7 +117,7 @@ pub async fn create(
     let agent = db::agents::insert_agent(&tx, &name, &scopes, webhook_url.as_deref())
         .await
         .map_err(|e| name_taken(e, &name))?;
-    let meta = db::agents::insert_token(&tx, agent.id, &token.hash).await?;
+    let meta = db::agents::insert_token(&tx, agent.id, &token.hash, None).await?;
     db::audit(
         &tx,
         caller.agent_id,
@@ -313,31 +313,83 @@ pub async fn list_tokens(
     Ok(HttpResponse::Ok().json(TokenList { items }))
 }
 
+/// Body of POST /agents/{id}/tokens (optional).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct TokenCreate {
+    /// RFC 3339 instant after which the token is refused; must be in the future.
+    expires_at: Option<String>,
+    /// Or: lifetime in seconds from now (60 .. 315360000, ten years).
+    #[schema(minimum = 60, maximum = 315360000)]
+    ttl_seconds: Option<i64>,
+}
+
 #[utoipa::path(post, path = "/agents/{id}/tokens", tag = "agents", params(("id" = Uuid, Path)),
-    responses((status = 201, body = NewTokenResponse), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    request_body(content = Option<TokenCreate>, description = "Optional: `expires_at` or `ttl_seconds` (not both); no body = never expires"),
+    responses((status = 201, body = NewTokenResponse), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 413, body = ErrorEnvelope),
+        (status = 415, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn create_token(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<String>,
+    body: crate::input::OptionalJsonBody,
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::Admin)?;
     let id = path_uuid(&path, "id")?;
+    let (expires_at, ttl) = match &body.0 {
+        None => (None, None),
+        Some(v) => {
+            let mut f = crate::input::Fields::object(v, &["expires_at", "ttl_seconds"])?;
+            let at = match f.string("expires_at", 1, 64, true) {
+                crate::input::Opt::Set(s) => match crate::input::parse_instant(&s) {
+                    Some(t) => Some(t),
+                    None => {
+                        f.errors.push(crate::error::FieldError::new(
+                            "expires_at",
+                            "must be an RFC 3339 instant between the years 1 and 9999",
+                        ));
+                        None
+                    }
+                },
+                _ => None,
+            };
+            let ttl = f.int("ttl_seconds", 60, 315_360_000).set();
+            if at.is_some() && ttl.is_some() {
+                f.errors.push(crate::error::FieldError::new(
+                    "ttl_seconds",
+                    "set either expires_at or ttl_seconds, not both",
+                ));
+            }
+            f.finish()?;
+            (at, ttl)
+        }
+    };
     let token = generate_token();
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
+    let now = db::now(&tx).await?;
+    let expires_at = match (expires_at, ttl) {
+        (Some(at), _) if at <= now => {
+            return Err(ApiError::field("expires_at", "must be in the future"))
+        }
+        (Some(at), _) => Some(at),
+        (None, Some(secs)) => Some(now + chrono::Duration::seconds(secs)),
+        (None, None) => None,
+    };
     db::agents::get_agent(&tx, id, true)
         .await?
         .ok_or_else(|| ApiError::not_found("Agent", id))?;
-    let meta = db::agents::insert_token(&tx, id, &token.hash).await?;
+    let meta = db::agents::insert_token(&tx, id, &token.hash, expires_at).await?;
     db::audit(
         &tx,
         caller.agent_id,
         "token.create",
         "agent",
         &id.to_string(),
-        &json!({"token_id": meta.id}),
+        &json!({"token_id": meta.id, "expires_at": meta.expires_at}),
     )
     .await?;
     tx.commit().await?;
@@ -346,6 +398,7 @@ pub async fn create_token(
         agent_id: meta.agent_id,
         created_at: meta.created_at,
         last_used_at: meta.last_used_at,
+        expires_at: meta.expires_at,
         token: token.secret,
     }))
 }

@@ -162,8 +162,8 @@ async fn tokens_are_listed_added_and_revoked_and_a_revoked_token_is_401() {
         let keys: Vec<&String> = t.as_object().unwrap().keys().collect();
         assert_eq!(
             keys.len(),
-            4,
-            "{{id, agent_id, created_at, last_used_at}}: {t}"
+            5,
+            "{{id, agent_id, created_at, last_used_at, expires_at}}: {t}"
         );
         assert!(t.get("token").is_none(), "secrets are never listed");
     }
@@ -211,4 +211,95 @@ async fn using_a_token_records_last_used_at() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn tokens_can_expire_and_show_when_they_were_last_used() {
+    let app = spawn_app().await;
+    let (agent, _) = app.agent("expiring", &["tasks:read"]).await;
+    let in_an_hour = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let dated = expect(
+        app.post(
+            &format!("/agents/{agent}/tokens"),
+            ADMIN,
+            serde_json::json!({"expires_at": in_an_hour}),
+        )
+        .await,
+        201,
+    )
+    .await;
+    assert_eq!(dated["expires_at"], serde_json::json!(in_an_hour));
+    let ttl = expect(
+        app.post(
+            &format!("/agents/{agent}/tokens"),
+            ADMIN,
+            serde_json::json!({"ttl_seconds": 3600}),
+        )
+        .await,
+        201,
+    )
+    .await;
+    assert!(ttl["expires_at"].is_string());
+    // Usable before it expires, and its use is recorded.
+    let token = ttl["token"].as_str().unwrap();
+    expect(app.get("/tasks", token).await, 200).await;
+    let listed = wait_for_last_used(&app, &agent, ttl["id"].as_str().unwrap()).await;
+    assert!(listed["expires_at"].is_string());
+    // Once past its expiry, refused like a revoked token.
+    app.sql()
+        .await
+        .execute(
+            "UPDATE agent_token SET expires_at = now() - interval '1 second' WHERE id = $1",
+            &[&dated["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap()],
+        )
+        .await
+        .unwrap();
+    expect_error(
+        app.get("/tasks", dated["token"].as_str().unwrap()).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    for (body, field) in [
+        (
+            serde_json::json!({"expires_at": "2001-01-01T00:00:00Z"}),
+            "expires_at",
+        ),
+        (serde_json::json!({"expires_at": "soon"}), "expires_at"),
+        (serde_json::json!({"ttl_seconds": 5}), "ttl_seconds"),
+        (
+            serde_json::json!({"ttl_seconds": 3600, "expires_at": in_an_hour}),
+            "ttl_seconds",
+        ),
+        (serde_json::json!({"forever": true}), "forever"),
+    ] {
+        expect_field_error(
+            app.post(&format!("/agents/{agent}/tokens"), ADMIN, body)
+                .await,
+            field,
+        )
+        .await;
+    }
+}
+
+async fn wait_for_last_used(app: &TestApp, agent: &str, token_id: &str) -> serde_json::Value {
+    orrery::testing::wait_for(
+        "last_used_at to be recorded",
+        std::time::Duration::from_secs(10),
+        || async {
+            let list = expect(
+                app.get(&format!("/agents/{agent}/tokens"), ADMIN).await,
+                200,
+            )
+            .await;
+            list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["id"] == token_id && t["last_used_at"].is_string())
+                .cloned()
+        },
+    )
+    .await
 }
