@@ -488,6 +488,38 @@ mod tests {
     }
 
     #[test]
+    fn every_variable_can_come_from_a_file_named_by_its_file_variable() {
+        let dir = std::env::temp_dir().join(format!("orrery-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "file-token-0123456789abcdef\n").unwrap();
+        let url = dir.join("url");
+        std::fs::write(&url, "postgres://orrery:pw@db:5432/orrery\r\n").unwrap();
+        let s = Settings::from_sources(&vars(&[
+            ("ORRERY_ADMIN_TOKEN_FILE", token.to_str().unwrap()),
+            ("DATABASE_URL_FILE", url.to_str().unwrap()),
+        ]))
+        .unwrap();
+        assert_eq!(s.admin_token(), Some("file-token-0123456789abcdef"));
+        assert_eq!(
+            s.database_url.expose_secret(),
+            "postgres://orrery:pw@db:5432/orrery"
+        );
+        let both = Settings::from_sources(&vars(&[
+            ("ORRERY_ADMIN_TOKEN", "env-token-0123456789abcdef"),
+            ("ORRERY_ADMIN_TOKEN_FILE", token.to_str().unwrap()),
+        ]))
+        .unwrap_err();
+        assert_eq!(both.variable, "ORRERY_ADMIN_TOKEN_FILE");
+        let missing =
+            Settings::from_sources(&vars(&[("REDIS_URL_FILE", "/nonexistent/redis-url")]))
+                .unwrap_err();
+        assert_eq!(missing.variable, "REDIS_URL_FILE");
+        assert!(missing.to_string().contains("/nonexistent/redis-url"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn secrets_never_appear_in_debug_output() {
         let s = Settings::from_sources(&vars(&[
             (
