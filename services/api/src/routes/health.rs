@@ -156,20 +156,42 @@ pub async fn health(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().json(report))
 }
 
+/// Seconds between two refreshes of the queue-depth gauges, whatever the scrape rate.
+pub const QUEUE_DEPTH_REFRESH_SECONDS: u64 = 10;
+
+static LAST_DEPTH_REFRESH: std::sync::Mutex<Option<std::time::Instant>> =
+    std::sync::Mutex::new(None);
+
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    // Queue depth is refreshed on scrape; if the database is down the last values stay.
-    let refresh = async {
-        let client = state.db().await.ok()?;
-        db::queue::summary(&client).await.ok()
+    // A scrape never waits for a query: the queue-depth gauges (a count over due_work) are refreshed in the
+    // background at most every QUEUE_DEPTH_REFRESH_SECONDS per replica, and the scrape shows the last values.
+    let due = {
+        let mut last = LAST_DEPTH_REFRESH.lock().expect("refresh lock");
+        let due = last.is_none_or(|t| t.elapsed().as_secs() >= QUEUE_DEPTH_REFRESH_SECONDS);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
     };
-    if let Ok(Some(s)) = tokio::time::timeout(std::time::Duration::from_secs(2), refresh).await {
-        let g = &orrery::metrics::QUEUE_DEPTH;
-        g.with_label_values(&["ready"]).set(s.ready);
-        g.with_label_values(&["scheduled"]).set(s.scheduled);
-        g.with_label_values(&["leased"]).set(s.leased);
-        g.with_label_values(&["dead"]).set(s.dead);
+    if due {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let refresh = async {
+                let client = state.db().await.ok()?;
+                db::queue::summary(&client).await.ok()
+            };
+            if let Ok(Some(s)) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), refresh).await
+            {
+                let g = &orrery::metrics::QUEUE_DEPTH;
+                g.with_label_values(&["ready"]).set(s.ready);
+                g.with_label_values(&["scheduled"]).set(s.scheduled);
+                g.with_label_values(&["leased"]).set(s.leased);
+                g.with_label_values(&["dead"]).set(s.dead);
+            }
+        });
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -90,10 +90,25 @@ async fn metrics_count_requests_by_route_template_and_status_class_and_show_queu
     );
     assert!(!text.contains(id), "no ids in labels");
     assert!(!text.contains("12345"), "no raw paths in labels");
-    assert!(
-        text.contains("orrery_queue_depth{state=\"ready\"}"),
-        "{text}"
-    );
+    // Queue depth is refreshed in the background (at most every 10 s), never inside a scrape.
+    orrery::testing::wait_for(
+        "the queue depth gauges",
+        std::time::Duration::from_secs(15),
+        || async {
+            let text = app
+                .http
+                .get(app.url("/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.contains("orrery_queue_depth{state=\"ready\"}")
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
