@@ -20,6 +20,8 @@ MAX_EXAMPLES="${FUZZ_MAX_EXAMPLES:-40}"
 SUFFIX="$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 DB_NAME="orrery_fuzz_${SUFFIX}"
 ADMIN_TOKEN="fuzz-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+# Secrets enabled, so /secrets is fuzzed for real (without a key it answers 503 by design).
+SECRETS_KEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 # postgres://user@host:port/db?query → postgres://user@host:port/<name>
 url_with_db() { local base="${BASE_DB_URL%%\?*}"; printf '%s/%s' "${base%/*}" "$1"; }
 ADMIN_DB_URL="$(url_with_db postgres)"
@@ -28,7 +30,7 @@ FUZZ_DB_URL="$(url_with_db "$DB_NAME")"
 command -v psql >/dev/null || { echo "fuzz-api: psql is required (apt-get install postgresql-client)" >&2; exit 1; }
 if ! command -v schemathesis >/dev/null; then
   log "installing schemathesis from PyPI"
-  python3 -m pip install --quiet --disable-pip-version-check schemathesis
+  python3 -m pip install --quiet --disable-pip-version-check "schemathesis==4.32.5"
 fi
 command -v schemathesis >/dev/null || { echo "fuzz-api: schemathesis is not on PATH after pip install" >&2; exit 1; }
 
@@ -58,7 +60,7 @@ psql "$ADMIN_DB_URL" -qAtc "CREATE DATABASE $DB_NAME" >/dev/null
 log "starting $BIN on 127.0.0.1:$PORT"
 env -i PATH="$PATH" HOME="${HOME:-/root}" \
   DATABASE_URL="$FUZZ_DB_URL" REDIS_URL="$REDIS_URL" REDIS_KEY_PREFIX="fuzz:${SUFFIX}:" \
-  API_HOST=127.0.0.1 API_PORT="$PORT" API_WORKERS=2 ORRERY_ADMIN_TOKEN="$ADMIN_TOKEN" LOG_LEVEL=warn \
+  API_HOST=127.0.0.1 API_PORT="$PORT" API_WORKERS=2 ORRERY_ADMIN_TOKEN="$ADMIN_TOKEN" ORRERY_SECRETS_KEY="$SECRETS_KEY" LOG_LEVEL=warn \
   "$BIN" >"$LOG_FILE" 2>&1 &
 API_PID=$!
 for _ in $(seq 1 200); do
@@ -81,7 +83,7 @@ ARGS=(run "http://127.0.0.1:$PORT/openapi.json"
   --checks "not_a_server_error,response_schema_conformance"
   --header "$AUTH"
   --max-examples "$MAX_EXAMPLES"
-  --workers 2
+  --workers 1
   --request-timeout 15
   --suppress-health-check all
   --generation-database none
