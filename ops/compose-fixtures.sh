@@ -73,10 +73,14 @@ if [ -z "$MIRROR" ]; then
     /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null | awk '{print $2}' | head -n 1 || true)"
 fi
 MIRROR="${MIRROR:-http://deb.debian.org/debian}"
+# Bump RECIPE when a change to this script changes what the images contain (the files in ops/compose-fixtures/ are
+# hashed as they are). A new recipe rebuilds every fixture, and the cached Orrery build layers with them.
+RECIPE=1
+PACKAGES=(postgresql-15 redis-server redis-tools nginx-light wget gcc libc6-dev)
 FIXTURE_ID="$(
   {
-    cat "$FIXTURES"/* "${BASH_SOURCE[0]}"
-    printf '%s\n' "$DEBIAN_RELEASE" "$TOOLCHAIN_VERSION"
+    cat "$FIXTURES"/*
+    printf '%s\n' "$RECIPE" "${PACKAGES[*]}" "$DEBIAN_RELEASE" "$TOOLCHAIN_VERSION"
   } | sha256sum | cut -c1-16
 )"
 LOCK_SHA="$(sha256sum Cargo.lock | cut -c1-64)"
@@ -176,7 +180,7 @@ if [ "$need_runtime$need_services$need_rust_root" != 000 ]; then
     log "imported $RUNTIME_TAG"
   fi
   if [ "$need_services$need_rust_root" != 00 ]; then
-    log "installing postgresql-15 redis-server nginx-light wget gcc libc6-dev into the root (chroot)"
+    log "installing ${PACKAGES[*]} into the root (chroot)"
     # No service starts inside the chroot, and no default cluster: the entrypoint initialises the volume.
     printf '#!/bin/sh\nexit 101\n' >"$WORK/root/usr/sbin/policy-rc.d"
     chmod +x "$WORK/root/usr/sbin/policy-rc.d"
@@ -187,7 +191,7 @@ if [ "$need_runtime$need_services$need_rust_root" != 000 ]; then
     if ! { chroot "$WORK/root" /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
       chroot "$WORK/root" /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
         --no-install-recommends -o Dpkg::Options::=--force-confold \
-        postgresql-15 redis-server redis-tools nginx-light wget gcc libc6-dev; } >"$WORK/apt.log" 2>&1; then
+        "${PACKAGES[@]}"; } >"$WORK/apt.log" 2>&1; then
       tail -n 30 "$WORK/apt.log" >&2
       die "apt-get in the chroot failed"
     fi
@@ -248,5 +252,15 @@ fi
 old_roots="$(docker image ls --filter "label=$LABEL" --format '{{.Repository}}:{{.Tag}}' |
   grep -E '^orrery-fixture/(services|rust)-root:' | grep -v ":$FIXTURE_ID\$" || true)"
 for old in $old_roots; do docker image rm "$old" >/dev/null 2>&1 || true; done
-docker image prune -f --filter "label=$LABEL" >/dev/null 2>&1 || true
+# Replaced fixtures linger as untagged images: remove those of another recipe or Cargo.lock. Never a plain
+# `docker image prune`: the intermediate images of the Orrery build (its layer cache, including the compiled
+# dependencies) are untagged too, and inherit the labels of the rust fixture.
+docker image ls -q --filter dangling=true --filter "label=$LABEL" |
+  while read -r id; do
+    labels="$(docker image inspect --format "{{index .Config.Labels \"$LABEL\"}} {{index .Config.Labels \"$LABEL.cargo-lock-sha256\"}}" "$id" 2>/dev/null)" || continue
+    read -r fixture lock <<<"$labels"
+    if [ "$fixture" != "$FIXTURE_ID" ] || { [ "$lock" != "<no" ] && [ -n "$lock" ] && [ "$lock" != "$LOCK_SHA" ]; }; then
+      docker image rm "$id" >/dev/null 2>&1 || true
+    fi
+  done
 log "ready: $RUNTIME_TAG $RUST_TAG $POSTGRES_TAG $REDIS_TAG $NGINX_TAG"
