@@ -276,9 +276,14 @@ run_compose_mode() {
   wait_for_compose_health
 
   local c="${COMPOSE[*]} ${COMPOSE_ARGS[*]}"
-  local port pg_port="${ORRERY_PG_PORT:-5432}" redis_port="${ORRERY_REDIS_PORT:-6379}"
-  if [ "$MODE" = dev ]; then port="${ORRERY_API_PORT:-8080}"; else port="$(env_value ORRERY_HTTP_PORT "$env_file")"; fi
+  # The values Compose used: the environment, else .env (which Compose reads in dev mode too), else the default.
+  local port pg_port redis_port
+  if [ "$MODE" = dev ]; then port="$(env_value ORRERY_API_PORT .env)"; else port="$(env_value ORRERY_HTTP_PORT "$env_file")"; fi
   port="${port:-8080}"
+  pg_port="$(env_value ORRERY_PG_PORT .env)"
+  pg_port="${pg_port:-5432}"
+  redis_port="$(env_value ORRERY_REDIS_PORT .env)"
+  redis_port="${redis_port:-6379}"
   cat <<EOF
 
 Orrery ($MODE) is up.
