@@ -11,55 +11,49 @@
 # the exposed port and the HEALTHCHECK, which runs the binary's own `healthcheck` subcommand (exit 0 only when its
 # /health/ready answers 200), so the image needs no curl.
 #
-# Works with the classic builder and with BuildKit (no cache mounts): the dependency layer is cached by copying
-# only the Cargo manifests first and compiling them against stub sources.
+# Works with the classic builder and with BuildKit (no cache mounts, no heredocs). The dependency layer is cached the
+# cargo-chef way without cargo-chef: a planner stage reduces the workspace to its manifests plus stub sources
+# (ops/cargo-skeleton.sh), the dependencies are compiled against that skeleton, and only then come the real sources.
+# The skeleton takes every Cargo.toml in the context, so workspace members can be added without touching this file;
+# only the three service binaries are built.
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
 
 ########################################################################################################################
-# 1. Builder: dependencies first (cached until Cargo.toml / Cargo.lock change), then the workspace itself.
+# 1. Builder: dependencies first (cached until a manifest, Cargo.lock or the set of targets changes), then the
+#    workspace itself.
 ########################################################################################################################
+FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS planner
+WORKDIR /src
+# The whole workspace (the .dockerignore keeps target/, .git/, docs, ops and secrets out of the context).
+COPY . .
+RUN bash ops/cargo-skeleton.sh /src /skeleton
+
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
 WORKDIR /src
 ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0 \
     CARGO_NET_RETRY=5
 
-# Manifests only. Explicit [[bench]] targets must exist for Cargo to load the manifests, so they get stubs too.
-COPY Cargo.toml Cargo.lock ./
-COPY shared/Cargo.toml shared/Cargo.toml
-COPY services/api/Cargo.toml services/api/Cargo.toml
-COPY services/scheduler/Cargo.toml services/scheduler/Cargo.toml
-COPY services/worker/Cargo.toml services/worker/Cargo.toml
-COPY cli/Cargo.toml cli/Cargo.toml
+# Dependencies, compiled against the skeleton: this layer is reused as long as the skeleton is byte-identical.
+COPY --from=planner /skeleton/ ./
 RUN set -eux; \
-    mkdir -p shared/src shared/benches services/scheduler/benches; \
-    echo '' > shared/src/lib.rs; \
-    echo 'fn main() {}' > shared/benches/next_fire.rs; \
-    echo 'fn main() {}' > services/scheduler/benches/materialize.rs; \
-    for svc in api scheduler worker; do \
-      mkdir -p "services/$svc/src"; \
-      echo '' > "services/$svc/src/lib.rs"; \
-      echo 'fn main() {}' > "services/$svc/src/main.rs"; \
-    done; \
-    mkdir -p cli/src; echo '' > cli/src/lib.rs; echo 'fn main() {}' > cli/src/main.rs; \
     cargo fetch --locked; \
-    cargo build --release --locked --workspace --bins
+    cargo build --release --locked -p orrery-api -p orrery-scheduler -p orrery-worker \
+                --bin orrery-api --bin orrery-scheduler --bin orrery-worker
 # Forget the stub builds of our own crates so that the real sources are always recompiled below
 # (COPY keeps the files' modification times, which may be older than the stub artifacts).
-RUN rm -rf target/release/.fingerprint/orrery-* \
+RUN rm -rf target/release/.fingerprint/orrery* target/release/build/orrery* \
            target/release/deps/orrery* target/release/deps/liborrery* \
-           target/release/orrery-* target/release/liborrery*
+           target/release/orrery* target/release/liborrery*
 
-# The real sources (the .dockerignore keeps target/, .git/ and secrets out of the context).
-COPY migrations migrations
-COPY shared shared
-COPY services services
-COPY cli cli
+# The real sources.
+COPY . .
 RUN set -eux; \
-    find shared services cli -name '*.rs' -exec touch {} +; \
-    cargo build --release --locked --workspace --bins; \
+    find . -path ./target -prune -o -name '*.rs' -exec touch {} +; \
+    cargo build --release --locked -p orrery-api -p orrery-scheduler -p orrery-worker \
+                --bin orrery-api --bin orrery-scheduler --bin orrery-worker; \
     mkdir -p /out; \
     for bin in orrery-api orrery-scheduler orrery-worker; do \
       cp "target/release/$bin" /out/; \

@@ -24,7 +24,8 @@ Usage: ops/start.sh dev|prod|local [options]
 
 Modes
   dev     Docker Compose with docker-compose.dev.yml: development credentials, debug logs, API on :8080,
-          PostgreSQL on :5432 and Redis on :6379 for psql / redis-cli, one worker, images built from this checkout.
+          PostgreSQL on :5432 and Redis on :6379 for psql / redis-cli (all on 127.0.0.1), one worker, images
+          (re)built from this checkout on every start (cached: only what changed is rebuilt).
   prod    Docker Compose with docker-compose.prod.yml: configuration from .env (see .env.example), nginx on :8080
           in front of 2 API replicas, 2 schedulers, 4 workers, resource limits, log rotation. Refuses to start
           while ORRERY_ADMIN_TOKEN or POSTGRES_PASSWORD is missing or still a development/placeholder value.
@@ -35,7 +36,7 @@ Modes
           (default ~/.local/state/orrery/admin-token); the banner says where.
 
 Options
-  --build      dev/prod: build the images before starting. local: run cargo build even with --debug.
+  --build      prod: build the images before starting (dev always does). local: run cargo build even with --debug.
   --no-build   local: run the binaries already in target/<profile> without calling cargo (fails if missing).
   --clean      dev: remove containers AND volumes (all data) first. prod: remove the containers first (volumes,
                i.e. the database, are kept).
@@ -48,6 +49,10 @@ Options
 
 Environment
   COMPOSE_PROJECT_NAME  Compose project (default: orrery).
+  ORRERY_API_PORT, ORRERY_PG_PORT, ORRERY_REDIS_PORT
+                        dev: host ports of the API, PostgreSQL and Redis (default 8080, 5432, 6379).
+  ORRERY_HTTP_PORT, ORRERY_HTTP_BIND
+                        prod: host port and address of nginx (default 8080 on 0.0.0.0; from the env file).
   ORRERY_ENV_FILE       prod: the env file (default: .env).
   ORRERY_PROFILE        local: release (default) or debug.
   DATABASE_URL          local: default postgres://postgres@127.0.0.1:5432/orrery (the database is created if absent).
@@ -267,7 +272,9 @@ run_compose_mode() {
   fi
 
   local up=(up -d --remove-orphans)
-  [ "$BUILD" = 0 ] || up+=(--build)
+  # dev images are this checkout: always rebuild them (cached layers make an unchanged rebuild take seconds), so
+  # that `ops/start.sh dev` never runs binaries older than the sources.
+  if [ "$BUILD" = 1 ] || [ "$MODE" = dev ]; then up+=(--build); fi
   [ -z "$SCALE" ] || up+=(--scale "worker=$SCALE")
   log "starting: ${COMPOSE[*]} ${COMPOSE_ARGS[*]} ${up[*]}"
   if ! compose "${up[@]}"; then
@@ -278,9 +285,14 @@ run_compose_mode() {
   wait_for_compose_health
 
   local c="${COMPOSE[*]} ${COMPOSE_ARGS[*]}"
-  local port=8080
-  [ "$MODE" = dev ] || port="$(env_value ORRERY_HTTP_PORT "$env_file")"
+  # The values Compose used: the environment, else .env (which Compose reads in dev mode too), else the default.
+  local port pg_port redis_port
+  if [ "$MODE" = dev ]; then port="$(env_value ORRERY_API_PORT .env)"; else port="$(env_value ORRERY_HTTP_PORT "$env_file")"; fi
   port="${port:-8080}"
+  pg_port="$(env_value ORRERY_PG_PORT .env)"
+  pg_port="${pg_port:-5432}"
+  redis_port="$(env_value ORRERY_REDIS_PORT .env)"
+  redis_port="${redis_port:-6379}"
   cat <<EOF
 
 Orrery ($MODE) is up.
@@ -290,9 +302,9 @@ EOF
   if [ "$MODE" = dev ]; then
     cat <<EOF
   admin token    dev-admin-token-0123456789abcdef
-                 curl -H 'Authorization: Bearer dev-admin-token-0123456789abcdef' http://localhost:8080/tasks
-  psql           psql postgres://orrery:orrery-dev-password@localhost:5432/orrery
-  redis-cli      redis-cli -h localhost -p 6379
+                 curl -H 'Authorization: Bearer dev-admin-token-0123456789abcdef' http://localhost:$port/tasks
+  psql           psql postgres://orrery:orrery-dev-password@localhost:$pg_port/orrery
+  redis-cli      redis-cli -h localhost -p $redis_port
 EOF
   fi
   cat <<EOF

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: makes sure PostgreSQL and Redis are reachable (detect, else start, else install and start),
-# then runs formatting, lints and every test against them. `.ci/run` calls exactly this.
+# then runs formatting, lints and every test against them, and finally the Compose stack on a Docker engine
+# (ops/test-compose.sh). `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -77,7 +78,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "building binaries"
 cargo build --workspace --bins --locked
 log "shellcheck"
-shellcheck ops/*.sh .ci/run
+shellcheck ops/*.sh ops/compose-fixtures/*.sh .ci/run
 log "compose files"
 docker-compose -f docker-compose.yml config -q
 docker-compose -f docker-compose.yml -f docker-compose.dev.yml config -q
@@ -89,3 +90,5 @@ log "local mode end to end (ops/start.sh local)"
 bash ops/test-local-mode.sh
 log "OpenAPI-driven fuzzing of the API (schemathesis)"
 bash ops/fuzz-api.sh
+log "the Compose stack on a Docker engine (ops/test-compose.sh; SKIPPED when no engine can be reached or started)"
+bash ops/test-compose.sh
