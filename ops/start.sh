@@ -242,10 +242,54 @@ report_failure() {
   printf '\nInspect with: %s ps\n' "${COMPOSE[*]} ${COMPOSE_ARGS[*]}" >&2
 }
 
+# prod: the credentials go to the containers as Compose secrets (files under /run/secrets, read through the
+# binaries' <VARIABLE>_FILE support), never as environment variables that `docker inspect` would show. They are
+# written here from the env file (or the environment) into ORRERY_SECRETS_DIR (default ./secrets, mode 700; the
+# files are 644 so that the containers' unprivileged users can read their bind mounts). A Redis password that the
+# env file does not set is generated once and kept.
+write_secret() { # write_secret FILE VALUE
+  (umask 022 && printf '%s' "$2" >"$1.tmp" && mv -f "$1.tmp" "$1")
+}
+write_prod_secret_files() {
+  local file="$1" dir user db password redis_password key
+  dir="$(env_value ORRERY_SECRETS_DIR "$file")"
+  dir="${dir:-$ROOT/secrets}"
+  mkdir -p "$dir"
+  chmod 700 "$dir"
+  user="$(env_value POSTGRES_USER "$file")"
+  user="${user:-orrery}"
+  db="$(env_value POSTGRES_DB "$file")"
+  db="${db:-orrery}"
+  password="$(env_value POSTGRES_PASSWORD "$file")"
+  redis_password="$(env_value REDIS_PASSWORD "$file")"
+  if [ -z "$redis_password" ]; then
+    if [ -s "$dir/redis_password" ]; then
+      redis_password="$(cat "$dir/redis_password")"
+    else
+      redis_password="$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
+    fi
+  fi
+  [[ "$redis_password" =~ ^[A-Za-z0-9._~-]+$ ]] ||
+    die "REDIS_PASSWORD may contain only letters, digits and . _ ~ - (it is part of REDIS_URL)"
+  key="$(env_value ORRERY_SECRETS_KEY "$file")"
+  write_secret "$dir/orrery_admin_token" "$(env_value ORRERY_ADMIN_TOKEN "$file")"
+  write_secret "$dir/postgres_password" "$password"
+  write_secret "$dir/database_url" "postgres://$user:$password@postgres:5432/$db"
+  write_secret "$dir/redis_password" "$redis_password"
+  write_secret "$dir/redis_url" "redis://:$redis_password@redis:6379"
+  write_secret "$dir/redis_conf" "requirepass $redis_password"
+  write_secret "$dir/orrery_secrets_key" "$key"
+  export ORRERY_SECRETS_DIR="$dir"
+  log "credentials written as Compose secrets to $dir"
+}
+
 run_compose_mode() {
   local overlay="docker-compose.$MODE.yml"
   local env_file="${ORRERY_ENV_FILE:-.env}"
-  [ "$MODE" = dev ] || check_prod_secrets "$env_file"
+  if [ "$MODE" = prod ]; then
+    check_prod_secrets "$env_file"
+    write_prod_secret_files "$env_file"
+  fi
   detect_compose
   COMPOSE_ARGS=(-p "${COMPOSE_PROJECT_NAME:-orrery}")
   if [ "$MODE" = prod ]; then

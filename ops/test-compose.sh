@@ -508,6 +508,28 @@ if env -u WORKER_LEASE_SECONDS COMPOSE_PROJECT_NAME="$PROD_PROJECT" ORRERY_ENV_F
   else
     fail "prod did not answer 401 to the development token"
   fi
+  # Credentials are Compose secrets: no container's configuration (docker inspect) holds one.
+  prod_password="$(sed -n 's/^POSTGRES_PASSWORD=//p' "$PROD_ENV")"
+  leaked=""
+  for id in $(prod ps -q 2>/dev/null); do
+    if docker inspect "$id" | grep -q -e "$PROD_TOKEN" -e "$prod_password"; then leaked="$leaked $id"; fi
+  done
+  if [ -z "$leaked" ]; then
+    pass "no container's docker inspect shows the admin token or the database password (Compose secrets)"
+  else
+    fail "docker inspect shows a credential in:$leaked"
+  fi
+  if prod exec -T redis redis-cli ping 2>&1 | grep -q NOAUTH; then
+    pass "prod Redis requires its password (redis-cli without it: NOAUTH)"
+  else
+    fail "prod Redis answered without a password"
+  fi
+  if [ "$(http GET "$PROD_API/metrics" "" | cut -d' ' -f1)" = 404 ] &&
+    prod exec -T api orrery-api healthcheck >/dev/null 2>&1; then
+    pass "/metrics is not served through nginx (404); the containers still serve it on the internal network"
+  else
+    fail "/metrics answered through nginx"
+  fi
   FIRE_AT="$(date -u -d '+3 seconds' +%Y-%m-%dT%H:%M:%SZ)"
   new_task TASK4 "$PROD_API" "$PROD_TOKEN" '{"title":"compose prod smoke test","schedule_kind":"once","schedule_expr":"'"$FIRE_AT"'","timezone":"UTC","payload":{"pipeline":[{"id":"n","uses":"noop"}]}}'
   if [ -n "$TASK4" ]; then

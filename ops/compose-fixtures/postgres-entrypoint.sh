@@ -8,6 +8,16 @@ set -euo pipefail
 
 if [ "${1:0:1}" = '-' ]; then set -- postgres "$@"; fi
 
+# Like the official image: POSTGRES_PASSWORD_FILE (a Compose secret) instead of POSTGRES_PASSWORD.
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+  if [ -n "${POSTGRES_PASSWORD:-}" ]; then
+    echo 'error: both POSTGRES_PASSWORD and POSTGRES_PASSWORD_FILE are set (but are exclusive)' >&2
+    exit 1
+  fi
+  POSTGRES_PASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"
+  export POSTGRES_PASSWORD
+fi
+
 if [ "$1" = postgres ] && [ "$(id -u)" = 0 ]; then
   mkdir -p "$PGDATA" /var/run/postgresql
   chown postgres:postgres "$PGDATA" /var/run/postgresql

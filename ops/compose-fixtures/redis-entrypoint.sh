@@ -14,7 +14,8 @@ fi
 
 if [ "$1" = redis-server ]; then
   shift
-  if [ $# -gt 0 ] && [ "${1%.conf}" != "$1" ]; then
+  # A first argument that is not an option is a config file, as redis-server itself reads it.
+  if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
     conf="$1"
     shift
     set -- redis-server "$conf" --protected-mode no "$@"
