@@ -33,6 +33,8 @@ pub struct EventPublish {
 
 /// How long this request keeps the event to itself before a relay may publish it.
 const RELAY_HOLD_SECONDS: i32 = 5;
+/// How long the request tries to put the event on the stream itself before leaving it to the relay.
+const STREAM_ATTEMPT_MS: u64 = 500;
 
 #[utoipa::path(post, path = "/events", tag = "events", request_body = EventPublish,
     description = "Stores the event (PostgreSQL, with its audit record) and puts it on the `events` stream. 202 means stored: with Redis down it is still accepted (`stream_id` null) and a scheduler's relay publishes it once Redis is back; every matching active task runs once for it.",
@@ -102,7 +104,19 @@ pub async fn publish(
         Some(&caller.agent_id.to_string()),
         published_at,
     );
-    let stream_id = match state.redis.xadd(EVENTS, None, &fields).await {
+    // Bounded: with Redis down the connection manager retries for seconds, and the event is already safe.
+    let published = tokio::time::timeout(
+        std::time::Duration::from_millis(STREAM_ATTEMPT_MS),
+        state.redis.xadd(EVENTS, None, &fields),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(redis::RedisError::from((
+            redis::ErrorKind::IoError,
+            "timed out putting the event on the stream",
+        )))
+    });
+    let stream_id = match published {
         Ok(id) => {
             if let Err(e) = db::events::mark_relayed(&client, event_id, &id).await {
                 // The relay will publish it again after the hold; consumers deliver once per event id.
