@@ -1,0 +1,476 @@
+//! What every scenario needs: a private cluster (PostgreSQL + Redis started for the scenario alone), the real
+//! binaries as processes, feeders that talk to the API as a client would, and exact accounting from the
+//! database.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use orrery::testing::{free_port, PrivatePostgres, PrivateRedis, Service};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+pub const ADMIN: &str = "chaos-admin-token-0123456789";
+
+pub fn noop_payload() -> Value {
+    json!({"params": {}, "pipeline": [{"id": "n", "uses": "noop"}]})
+}
+
+/// A run that takes `seconds` (so that a kill finds runs in the middle of their work).
+pub fn nap_payload(seconds: f64) -> Value {
+    json!({"params": {}, "pipeline": [{"id": "nap", "uses": "sleep", "with": {"seconds": seconds}}]})
+}
+
+/// A PostgreSQL cluster and a Redis of the scenario's own (decision 19: never the shared services), plus every
+/// process started against them.
+pub struct Cluster {
+    pub pg: PrivatePostgres,
+    pub redis: PrivateRedis,
+    pub url: String,
+    logs: Vec<PathBuf>,
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        let pg = tokio::task::spawn_blocking(PrivatePostgres::start)
+            .await
+            .expect("initdb");
+        pg.create_database("orrery").await;
+        let url = pg.url("orrery");
+        orrery::db::migrate(&url).await.expect("migrate");
+        let redis = tokio::task::spawn_blocking(PrivateRedis::start)
+            .await
+            .expect("redis-server");
+        Cluster {
+            pg,
+            redis,
+            url,
+            logs: Vec::new(),
+        }
+    }
+
+    fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = vec![
+            ("DATABASE_URL".into(), self.url.clone()),
+            ("REDIS_URL".into(), self.redis.url()),
+            ("REDIS_KEY_PREFIX".into(), String::new()),
+            (
+                "LOG_LEVEL".into(),
+                std::env::var("CHAOS_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+            ),
+            ("DATABASE_POOL_SIZE".into(), "4".into()),
+            ("ORRERY_ADMIN_TOKEN".into(), ADMIN.into()),
+            ("WORKER_POLL_INTERVAL".into(), "0.2".into()),
+        ];
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        env
+    }
+
+    /// Starts `binary` without waiting for it (a replacement after a kill starts as a supervisor would).
+    pub async fn spawn(&mut self, binary: &str, extra: &[(&str, &str)]) -> Service {
+        let s = Service::start(binary, free_port(), &self.env(extra)).await;
+        self.logs.push(s.log.clone());
+        s
+    }
+
+    /// Starts `binary` and waits for `/health/ready`.
+    pub async fn start_ready(&mut self, binary: &str, extra: &[(&str, &str)]) -> Service {
+        let s = self.spawn(binary, extra).await;
+        s.wait_ready(Duration::from_secs(60)).await;
+        s
+    }
+
+    /// A connection of the harness's own, retried while PostgreSQL comes back.
+    pub async fn client(&self) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match tokio_postgres::connect(&self.url, NoTls).await {
+                Ok((client, conn)) => {
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    return client;
+                }
+                Err(e) if Instant::now() > deadline => panic!("cannot connect to {}: {e}", self.url),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// The log files of every process started, removed when the scenario passed (kept for a failure).
+    pub fn forget_logs(&self) {
+        for l in &self.logs {
+            let _ = std::fs::remove_file(l);
+        }
+    }
+
+    pub fn log_dir(&self) -> String {
+        self.logs
+            .first()
+            .and_then(|l| l.parent())
+            .map(|d| d.display().to_string())
+            .unwrap_or_default()
+    }
+}
+
+pub async fn insert_task(c: &Client, kind: &str, expr: &str, max_retries: i16) -> Uuid {
+    insert_task_with(c, kind, expr, max_retries, noop_payload()).await
+}
+
+pub async fn insert_task_with(
+    c: &Client,
+    kind: &str,
+    expr: &str,
+    max_retries: i16,
+    payload: Value,
+) -> Uuid {
+    c.query_one(
+        "INSERT INTO task (title, created_by, schedule_kind, schedule_expr, timezone, payload, max_retries,
+                           backoff_strategy, materialized_until)
+         VALUES ('chaos', $1, $2, $3, 'UTC', $4, $5, 'fixed', now()) RETURNING id",
+        &[
+            &orrery::model::SYSTEM_AGENT_ID,
+            &kind,
+            &expr,
+            &payload,
+            &max_retries,
+        ],
+    )
+    .await
+    .expect("insert task")
+    .get(0)
+}
+
+/// Two-second schedules starting at `start` (a whole second): FREQ=SECONDLY;INTERVAL=2 from DTSTART.
+pub struct Schedules {
+    pub tasks: Vec<Uuid>,
+    pub start: DateTime<Utc>,
+    pub every: i64,
+}
+
+impl Schedules {
+    pub async fn create(c: &Client, n: usize, lead: chrono::Duration) -> Schedules {
+        let now: DateTime<Utc> = c.query_one("SELECT now()", &[]).await.unwrap().get(0);
+        let start = (now + lead).trunc_subsecs(0);
+        let expr = format!(
+            "DTSTART:{}\nRRULE:FREQ=SECONDLY;INTERVAL=2",
+            start.format("%Y%m%dT%H%M%SZ")
+        );
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let id = insert_task(c, "rrule", &expr, 3).await;
+            // The cursor just before DTSTART, as for a task created a moment ago.
+            c.execute(
+                "UPDATE task SET materialized_until = $2 WHERE id = $1",
+                &[&id, &(start - chrono::Duration::seconds(1))],
+            )
+            .await
+            .unwrap();
+            tasks.push(id);
+        }
+        Schedules {
+            tasks,
+            start,
+            every: 2,
+        }
+    }
+
+    /// The nominal instants in [start, until], computed here (not by Orrery's schedule code).
+    pub fn expected(&self, until: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        let mut out = Vec::new();
+        let mut t = self.start;
+        while t <= until {
+            out.push(t);
+            t += chrono::Duration::seconds(self.every);
+        }
+        out
+    }
+}
+
+/// What a feeder got back from the API.
+#[derive(Default)]
+pub struct FeedLog {
+    /// 202s: (when the request was sent, the accepted id, the tasks it reaches).
+    pub accepted: Vec<(DateTime<Utc>, String, Vec<Uuid>)>,
+    /// Everything else, by status code or error kind.
+    pub refused: BTreeMap<String, u64>,
+}
+
+impl FeedLog {
+    pub fn refused_text(&self) -> String {
+        if self.refused.is_empty() {
+            return "none".into();
+        }
+        self.refused
+            .iter()
+            .map(|(k, v)| format!("{v}×{k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn accepted_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> usize {
+        self.accepted
+            .iter()
+            .filter(|(t, _, _)| *t >= from && *t < to)
+            .count()
+    }
+}
+
+pub struct Feeder {
+    pub log: Arc<Mutex<FeedLog>>,
+    stop: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+pub enum Feed {
+    /// POST /tasks/{id}/run_now: accepted = 202 with a due_work_id.
+    RunNow(Uuid),
+    /// POST /events on a topic: accepted = 202 with an event_id (and the matching tasks).
+    Events { topic: String, tasks: Vec<Uuid> },
+}
+
+impl Feeder {
+    /// One request every `every`, each bounded by a 3 s timeout, until stopped.
+    pub fn start(api_port: u16, feed: Feed, every: Duration) -> Feeder {
+        let log = Arc::new(Mutex::new(FeedLog::default()));
+        let (stop, mut stopped) = watch::channel(false);
+        let l = log.clone();
+        let handle = tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .expect("http client");
+            let base = format!("http://127.0.0.1:{api_port}");
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut seq = 0u64;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {},
+                    _ = stopped.changed() => return,
+                }
+                seq += 1;
+                let sent = Utc::now();
+                let req = match &feed {
+                    Feed::RunNow(task) => http.post(format!("{base}/tasks/{task}/run_now")),
+                    Feed::Events { topic, .. } => http
+                        .post(format!("{base}/events"))
+                        .json(&json!({"topic": topic, "payload": {"seq": seq}})),
+                };
+                let outcome = match req.bearer_auth(ADMIN).send().await {
+                    Ok(resp) if resp.status().as_u16() == 202 => {
+                        match resp.json::<Value>().await {
+                            Ok(body) => Ok(body),
+                            Err(_) => Err("202 unreadable".to_string()),
+                        }
+                    }
+                    Ok(resp) => Err(resp.status().as_u16().to_string()),
+                    Err(e) if e.is_timeout() => Err("timeout".into()),
+                    Err(_) => Err("connection error".into()),
+                };
+                let mut log = l.lock().unwrap();
+                match outcome {
+                    Ok(body) => {
+                        let accepted = match &feed {
+                            Feed::RunNow(task) => body["due_work_id"]
+                                .as_i64()
+                                .map(|id| (id.to_string(), vec![*task])),
+                            Feed::Events { tasks, .. } => {
+                                body["event_id"].as_str().map(|id| {
+                                    let matching: Option<Vec<Uuid>> =
+                                        body["matching_tasks"].as_array().map(|a| {
+                                            a.iter()
+                                                .filter_map(|v| v.as_str()?.parse().ok())
+                                                .collect()
+                                        });
+                                    (id.to_string(), matching.unwrap_or_else(|| tasks.clone()))
+                                })
+                            }
+                        };
+                        match accepted {
+                            Some((id, tasks)) => log.accepted.push((sent, id, tasks)),
+                            None => *log.refused.entry("202 without id".into()).or_default() += 1,
+                        }
+                    }
+                    Err(kind) => *log.refused.entry(kind).or_default() += 1,
+                }
+            }
+        });
+        Feeder { log, stop, handle }
+    }
+
+    pub async fn stop(self) -> FeedLog {
+        let _ = self.stop.send(true);
+        let _ = self.handle.await;
+        Arc::try_unwrap(self.log)
+            .ok()
+            .expect("feeder finished")
+            .into_inner()
+            .unwrap()
+    }
+}
+
+/// Successful task_run rows per due_work id, for the given ids.
+pub async fn successes_by_work(c: &Client, ids: &[i64]) -> HashMap<i64, i64> {
+    c.query(
+        "SELECT due_work_id, count(*) FILTER (WHERE success) FROM task_run
+          WHERE due_work_id = ANY($1) GROUP BY 1",
+        &[&ids],
+    )
+    .await
+    .expect("runs by due_work")
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+/// (lost, succeeded more than once): ids with no successful run, ids with two or more.
+pub fn lost_and_twice(ids: &[i64], by: &HashMap<i64, i64>) -> (u64, u64) {
+    let lost = ids
+        .iter()
+        .filter(|id| by.get(id).copied().unwrap_or(0) == 0)
+        .count();
+    let twice = ids
+        .iter()
+        .filter(|id| by.get(id).copied().unwrap_or(0) > 1)
+        .count();
+    (lost as u64, twice as u64)
+}
+
+/// Fires accounting: every expected (task, instant) against the successful runs' scheduled_for.
+pub struct Fires {
+    pub expected: u64,
+    pub missed: u64,
+    /// Extra successful runs for an expected instant, plus successful runs at instants that are not fires.
+    pub duplicated: u64,
+    pub unexpected: u64,
+    pub max_lateness: Option<f64>,
+}
+
+pub async fn fires(c: &Client, s: &Schedules, until: DateTime<Utc>) -> Fires {
+    let rows = c
+        .query(
+            "SELECT task_id, scheduled_for, count(*) FILTER (WHERE success),
+                    max(extract(epoch FROM started_at - scheduled_for)::float8) FILTER (WHERE success)
+               FROM task_run WHERE task_id = ANY($1) AND scheduled_for <= $2 GROUP BY 1, 2",
+            &[&s.tasks, &until],
+        )
+        .await
+        .expect("fires");
+    let mut got: HashMap<(Uuid, DateTime<Utc>), i64> = HashMap::new();
+    let mut max_lateness: Option<f64> = None;
+    for r in &rows {
+        got.insert((r.get(0), r.get(1)), r.get(2));
+        if let Some(l) = r.get::<_, Option<f64>>(3) {
+            max_lateness = Some(max_lateness.map_or(l, |m: f64| m.max(l)));
+        }
+    }
+    let instants = s.expected(until);
+    let expected: HashSet<(Uuid, DateTime<Utc>)> = s
+        .tasks
+        .iter()
+        .flat_map(|t| instants.iter().map(move |i| (*t, *i)))
+        .collect();
+    let mut f = Fires {
+        expected: expected.len() as u64,
+        missed: 0,
+        duplicated: 0,
+        unexpected: 0,
+        max_lateness,
+    };
+    for key in &expected {
+        match got.get(key).copied().unwrap_or(0) {
+            0 => f.missed += 1,
+            1 => {}
+            n => f.duplicated += (n - 1) as u64,
+        }
+    }
+    for (key, n) in &got {
+        if !expected.contains(key) && *n > 0 {
+            f.unexpected += 1;
+            f.duplicated += *n as u64;
+        }
+    }
+    f
+}
+
+/// Events accounting: every (task, event id) an accepted event reaches, against successful runs.
+/// Returns (expected deliveries, lost, delivered more than once).
+pub async fn events(c: &Client, accepted: &[(DateTime<Utc>, String, Vec<Uuid>)]) -> (u64, u64, u64) {
+    let ids: Vec<&str> = accepted.iter().map(|(_, id, _)| id.as_str()).collect();
+    let rows = c
+        .query(
+            "SELECT task_id, event_id, count(*) FILTER (WHERE success) FROM task_run
+              WHERE event_id = ANY($1) GROUP BY 1, 2",
+            &[&ids],
+        )
+        .await
+        .expect("event runs");
+    let got: HashMap<(Uuid, String), i64> = rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    let (mut expected, mut lost, mut twice) = (0, 0, 0);
+    for (_, id, tasks) in accepted {
+        for t in tasks {
+            expected += 1;
+            match got.get(&(*t, id.clone())).copied().unwrap_or(0) {
+                0 => lost += 1,
+                1 => {}
+                _ => twice += 1,
+            }
+        }
+    }
+    (expected, lost, twice)
+}
+
+/// The start of the first successful run of `tasks` that started after `after` (optionally of one trigger).
+pub async fn first_success_after(
+    c: &Client,
+    tasks: &[Uuid],
+    after: DateTime<Utc>,
+    trigger: Option<&str>,
+) -> Option<DateTime<Utc>> {
+    c.query_one(
+        "SELECT min(started_at) FROM task_run
+          WHERE success AND task_id = ANY($1) AND started_at > $2 AND ($3::text IS NULL OR trigger = $3)",
+        &[&tasks, &after, &trigger],
+    )
+    .await
+    .expect("first success")
+    .get(0)
+}
+
+/// Polls `check` (with a fresh connection each time, so that a restarted PostgreSQL is no obstacle) every
+/// 250 ms until it holds; false after `timeout`.
+pub async fn settle<F, Fut>(cl: &Cluster, timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut(Client) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check(cl.client().await).await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub async fn count(c: &Client, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> i64 {
+    c.query_one(sql, params).await.expect(sql).get(0)
+}
+
+pub fn secs(d: chrono::Duration) -> f64 {
+    d.num_milliseconds() as f64 / 1000.0
+}
