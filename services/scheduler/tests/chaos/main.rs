@@ -142,7 +142,10 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let mut rows = Vec::new();
     for name in SCENARIOS.iter().filter(|s| only.iter().any(|o| o == *s)) {
-        println!("chaos: {name} ({}) ...", if short { "short" } else { "full" });
+        println!(
+            "chaos: {name} ({}) ...",
+            if short { "short" } else { "full" }
+        );
         let row = rt.block_on(run(name, mode));
         println!(
             "chaos: {name} done in {:.0} s{}",
