@@ -6,6 +6,9 @@
 #   ops/chaos.sh --short                 # the CI form run by ops/test.sh (debug binaries, ~2 minutes)
 #   ops/chaos.sh --short --release       # binaries of either profile with either form (--debug / --release)
 #   ops/chaos.sh --only redis,postgres   # some of: workers, schedulers, postgres, redis
+#   ops/chaos.sh --short --self-test     # also proves the accounting can fail: after counting, damages each
+#                                        # scenario's results (a success erased, one doubled, ...) and checks
+#                                        # that exactly that damage is counted (ops/test.sh runs this form)
 #
 # Scenarios: workers SIGKILLed every 2 s while 10,000 runs drain; two schedulers with one SIGKILLed every 5 s
 # over 50 two-second schedules; PostgreSQL stopped with `pg_ctl -m immediate` under load and restarted; Redis
@@ -20,18 +23,20 @@ cd "$(dirname "$0")/.."
 mode=--full
 profile=""
 only=()
+extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --short) mode=--short ;;
     --full) mode=--full ;;
     --release) profile=release ;;
+    --self-test) extra+=(--self-test) ;;
     --debug) profile=debug ;;
     --only)
       [ $# -ge 2 ] || { echo "chaos.sh: --only needs a list, e.g. --only redis,postgres" >&2; exit 2; }
       only=(--only "$2")
       shift
       ;;
-    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "chaos.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -56,4 +61,4 @@ echo "==> ${build[*]}"
 ORRERY_BIN_DIR="$PWD/target/$profile"
 export ORRERY_BIN_DIR
 echo "==> fault suite ($mode, $profile binaries)"
-exec cargo test --locked -p orrery-scheduler --test chaos -- "$mode" ${only[@]+"${only[@]}"}
+exec cargo test --locked -p orrery-scheduler --test chaos -- "$mode" ${only[@]+"${only[@]}"} ${extra[@]+"${extra[@]}"}

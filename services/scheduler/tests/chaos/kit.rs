@@ -503,3 +503,146 @@ pub async fn count(
 pub fn secs(d: chrono::Duration) -> f64 {
     d.num_milliseconds() as f64 / 1000.0
 }
+
+/// What a scenario accounts for.
+pub struct Subject<'a> {
+    /// Accepted due_work ids: each must succeed exactly once.
+    pub work: &'a [i64],
+    /// Schedules and the end of the observed window: each fire must succeed exactly once.
+    pub schedules: Option<(&'a Schedules, DateTime<Utc>)>,
+    /// Accepted events and the tasks each must reach: each (task, event) must succeed exactly once.
+    pub events: Option<&'a [(DateTime<Utc>, String, Vec<Uuid>)]>,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Counts {
+    pub runs_lost: Option<u64>,
+    pub runs_twice: Option<u64>,
+    pub fires_missed: Option<u64>,
+    pub fires_duplicated: Option<u64>,
+    pub events_lost: Option<u64>,
+}
+
+impl Counts {
+    pub fn plus(self, o: Counts) -> Counts {
+        let add = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
+        Counts {
+            runs_lost: add(self.runs_lost, o.runs_lost),
+            runs_twice: add(self.runs_twice, o.runs_twice),
+            fires_missed: add(self.fires_missed, o.fires_missed),
+            fires_duplicated: add(self.fires_duplicated, o.fires_duplicated),
+            events_lost: add(self.events_lost, o.events_lost),
+        }
+    }
+}
+
+/// The table's numbers for `s`, from the database. Duplicated event deliveries count as runs succeeded twice.
+pub async fn tally(c: &Client, s: &Subject<'_>) -> (Counts, Option<Fires>, Option<u64>) {
+    let mut out = Counts::default();
+    if !s.work.is_empty() || s.schedules.is_none() {
+        let by = successes_by_work(c, s.work).await;
+        let (lost, twice) = lost_and_twice(s.work, &by);
+        out.runs_lost = Some(lost);
+        out.runs_twice = Some(twice);
+    }
+    let fires = match s.schedules {
+        Some((sched, until)) => {
+            let f = fires(c, sched, until).await;
+            out.fires_missed = Some(f.missed);
+            out.fires_duplicated = Some(f.duplicated);
+            Some(f)
+        }
+        None => None,
+    };
+    let mut deliveries = None;
+    if let Some(accepted) = s.events {
+        let (expected, lost, twice) = events(c, accepted).await;
+        out.events_lost = Some(lost);
+        out.runs_twice = Some(out.runs_twice.unwrap_or(0) + twice);
+        deliveries = Some(expected);
+    }
+    (out, fires, deliveries)
+}
+
+/// The id of a successful task_run that is the only success of its (due_work | fire | event delivery).
+async fn single_success(
+    c: &Client,
+    sql_filter: &str,
+    group: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    skip: i64,
+) -> Option<i64> {
+    let sql = format!(
+        "SELECT min(id) FROM task_run WHERE success AND {sql_filter}
+          GROUP BY {group} HAVING count(*) = 1
+          ORDER BY 1 OFFSET {skip} LIMIT 1"
+    );
+    c.query_opt(&sql, params)
+        .await
+        .expect("sabotage pick")
+        .map(|r| r.get(0))
+}
+
+async fn erase(c: &Client, run: i64) {
+    c.execute("DELETE FROM task_run WHERE id = $1", &[&run])
+        .await
+        .expect("sabotage: delete");
+}
+
+async fn duplicate(c: &Client, run: i64) {
+    c.execute(
+        "INSERT INTO task_run (task_id, due_work_id, attempt, worker_id, trigger, scheduled_for, started_at,
+                               finished_at, success, error, error_kind, output, event_id, event)
+         SELECT task_id, due_work_id, attempt, 'sabotage', trigger, scheduled_for, started_at, finished_at,
+                success, error, error_kind, output, event_id, event
+           FROM task_run WHERE id = $1",
+        &[&run],
+    )
+    .await
+    .expect("sabotage: duplicate");
+}
+
+/// The self-test (`--sabotage`): damages the results the way a broken system would — one accepted run's
+/// success erased, another's recorded twice, likewise for a fire, one event delivery erased — and returns the
+/// damage done, which the accounting must then report exactly on top of what it found before.
+pub async fn sabotage(c: &Client, s: &Subject<'_>) -> Counts {
+    let mut done = Counts::default();
+    if !s.work.is_empty() {
+        let filter = "due_work_id = ANY($1)";
+        if let Some(r) = single_success(c, filter, "due_work_id", &[&s.work], 0).await {
+            erase(c, r).await;
+            done.runs_lost = Some(1);
+        }
+        if let Some(r) = single_success(c, filter, "due_work_id", &[&s.work], 1).await {
+            duplicate(c, r).await;
+            done.runs_twice = Some(1);
+        }
+    }
+    if let Some((sched, until)) = s.schedules {
+        let filter = "task_id = ANY($1) AND scheduled_for >= $2 AND scheduled_for <= $3
+                      AND extract(epoch FROM scheduled_for - $2) % 2 = 0";
+        let p: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&sched.tasks, &sched.start, &until];
+        if let Some(r) = single_success(c, filter, "task_id, scheduled_for", &p, 0).await {
+            erase(c, r).await;
+            done.fires_missed = Some(1);
+        }
+        if let Some(r) = single_success(c, filter, "task_id, scheduled_for", &p, 1).await {
+            duplicate(c, r).await;
+            done.fires_duplicated = Some(1);
+        }
+    }
+    if let Some(accepted) = s.events {
+        let ids: Vec<&str> = accepted.iter().map(|(_, id, _)| id.as_str()).collect();
+        if let Some(r) =
+            single_success(c, "event_id = ANY($1)", "task_id, event_id", &[&ids], 0).await
+        {
+            erase(c, r).await;
+            done.events_lost = Some(1);
+        }
+    }
+    done
+}

@@ -5,7 +5,11 @@
 //!   bash ops/chaos.sh --short    # the CI form (ops/test.sh): smaller counts, shorter faults
 //!
 //! Directly (binaries built first; ORRERY_BIN_DIR picks release ones):
-//!   cargo test -p orrery-scheduler --test chaos -- --short [--only workers,schedulers,postgres,redis]
+//!   cargo test -p orrery-scheduler --test chaos -- --short [--only workers,schedulers,postgres,redis] [--self-test]
+//!
+//! `--self-test` proves the accounting can fail: after counting, each scenario erases one accepted run's success,
+//! records another twice, does the same to a fire, erases one event delivery, and checks that the counts move
+//! by exactly that (the table keeps the counts from before the damage).
 //!
 //! Without `--short` or `--full` (as in a plain `cargo test --workspace`) it runs nothing: the suite is its own
 //! step of the test command. Exits 1 on any run lost, run succeeded twice, fire missed or duplicated, event
@@ -20,6 +24,9 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy)]
 pub struct Mode {
     pub short: bool,
+    /// `--self-test`: after counting, damage each scenario's results (a success erased, one recorded twice, ...)
+    /// and check that the accounting reports exactly that damage on top.
+    pub sabotage: bool,
 }
 
 impl Mode {
@@ -50,6 +57,15 @@ pub struct Row {
 }
 
 impl Row {
+    pub fn set(&mut self, c: kit::Counts) {
+        self.runs_lost = c.runs_lost;
+        self.runs_twice = c.runs_twice;
+        self.fires_missed = c.fires_missed;
+        self.fires_duplicated = c.fires_duplicated;
+        self.events_lost = c.events_lost;
+    }
+
+    /// Anything lost or duplicated, a scenario unsettled, or (self-test) damage the accounting did not see.
     fn failed(&self) -> bool {
         self.broken.is_some()
             || [
@@ -120,7 +136,10 @@ fn main() -> ExitCode {
         println!("chaos: the fault suite runs only when asked: `bash ops/chaos.sh [--short]` (0 scenarios run)");
         return ExitCode::SUCCESS;
     }
-    let mode = Mode { short };
+    let mode = Mode {
+        short,
+        sabotage: args.iter().any(|a| a == "--self-test"),
+    };
     let only: Vec<String> = args
         .iter()
         .position(|a| a == "--only")
@@ -176,7 +195,10 @@ fn main() -> ExitCode {
         if short { "short" } else { "full" },
         rows.len(),
         started.elapsed().as_secs_f64(),
-        if failed.is_empty() {
+        if failed.is_empty() && mode.sabotage {
+            "nothing lost, nothing duplicated; self-test: the accounting counted exactly the damage injected"
+                .to_string()
+        } else if failed.is_empty() {
             "nothing lost, nothing duplicated".to_string()
         } else {
             format!("FAILED: {}", failed.join("; "))
