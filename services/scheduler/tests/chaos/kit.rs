@@ -358,6 +358,8 @@ pub struct Fires {
     pub duplicated: u64,
     pub unexpected: u64,
     pub max_lateness: Option<f64>,
+    /// Fires recorded as skipped by the catch-up policy (`error_kind = 'misfired'`): missed, and why.
+    pub misfired: u64,
 }
 
 pub async fn fires(c: &Client, s: &Schedules, until: DateTime<Utc>) -> Fires {
@@ -370,6 +372,15 @@ pub async fn fires(c: &Client, s: &Schedules, until: DateTime<Utc>) -> Fires {
         )
         .await
         .expect("fires");
+    let misfired: i64 = c
+        .query_one(
+            "SELECT count(*) FROM task_run WHERE task_id = ANY($1) AND scheduled_for <= $2
+                AND error_kind = 'misfired'",
+            &[&s.tasks, &until],
+        )
+        .await
+        .expect("misfires")
+        .get(0);
     let mut got: HashMap<(Uuid, DateTime<Utc>), i64> = HashMap::new();
     let mut max_lateness: Option<f64> = None;
     for r in &rows {
@@ -390,6 +401,7 @@ pub async fn fires(c: &Client, s: &Schedules, until: DateTime<Utc>) -> Fires {
         duplicated: 0,
         unexpected: 0,
         max_lateness,
+        misfired: misfired as u64,
     };
     for key in &expected {
         match got.get(key).copied().unwrap_or(0) {
