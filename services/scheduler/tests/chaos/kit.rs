@@ -196,11 +196,14 @@ impl Schedules {
     }
 }
 
+/// An accepted item: when its request was sent, its id (due_work id or event id), the tasks it must run.
+pub type Accepted = (DateTime<Utc>, String, Vec<Uuid>);
+
 /// What a feeder got back from the API.
 #[derive(Default)]
 pub struct FeedLog {
     /// 202s: (when the request was sent, the accepted id, the tasks it reaches).
-    pub accepted: Vec<(DateTime<Utc>, String, Vec<Uuid>)>,
+    pub accepted: Vec<Accepted>,
     /// Everything else, by status code or error kind.
     pub refused: BTreeMap<String, u64>,
     /// The slowest answer of each kind, in seconds.
@@ -523,7 +526,7 @@ pub struct Subject<'a> {
     /// Schedules and the end of the observed window: each fire must succeed exactly once.
     pub schedules: Option<(&'a Schedules, DateTime<Utc>)>,
     /// Accepted events and the tasks each must reach: each (task, event) must succeed exactly once.
-    pub events: Option<&'a [(DateTime<Utc>, String, Vec<Uuid>)]>,
+    pub events: Option<&'a [Accepted]>,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
