@@ -86,6 +86,8 @@ ORRERY_ADMIN_TOKEN=ci-check-token-0123456789 POSTGRES_PASSWORD=ci-check-password
   docker-compose --env-file .env.example -f docker-compose.yml -f docker-compose.prod.yml config -q
 log "cargo test"
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
+log "fault suite, short form (ops/chaos.sh --short; the full suite is docs/chaos.md)"
+bash ops/chaos.sh --short --self-test
 log "local mode end to end (ops/start.sh local)"
 bash ops/test-local-mode.sh
 log "OpenAPI-driven fuzzing of the API (schemathesis)"
