@@ -75,7 +75,7 @@ fi
 MIRROR="${MIRROR:-http://deb.debian.org/debian}"
 # Bump RECIPE when a change to this script changes what the images contain (the files in ops/compose-fixtures/ are
 # hashed as they are). A new recipe rebuilds every fixture, and the cached Orrery build layers with them.
-RECIPE=2
+RECIPE=3
 PACKAGES=(postgresql-15 redis-server redis-tools nginx-light wget gcc libc6-dev)
 FIXTURE_ID="$(
   {

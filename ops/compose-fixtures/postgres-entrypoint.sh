@@ -16,6 +16,7 @@ if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
   fi
   POSTGRES_PASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"
   export POSTGRES_PASSWORD
+  unset POSTGRES_PASSWORD_FILE # this script runs again as the postgres user
 fi
 
 if [ "$1" = postgres ] && [ "$(id -u)" = 0 ]; then
