@@ -1,14 +1,16 @@
 //! The claim loop: one statement claims up to a batch of ready rows into a small local buffer; an idle
 //! worker sleeps until a Redis hint, the next known `ready_at` / lease expiry, or the polling safety net.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orrery::queue::{self, ClaimedWork};
 use tokio::sync::{mpsc, watch};
 
-use crate::worker::{Held, Shared};
+use crate::db::Db;
+use crate::held::HeldRows;
+use crate::settings::WorkerSettings;
+use crate::stats::Stats;
+use crate::wakeup::Hints;
 
 /// With Redis up, hints wake idle workers; this bounds the sleep anyway (rows inserted without a hint).
 const IDLE_CAP_WITH_REDIS: Duration = Duration::from_secs(5);
@@ -33,9 +35,9 @@ struct ClaimConnection {
 }
 
 impl ClaimConnection {
-    async fn get(&mut self, shared: &Shared) -> anyhow::Result<&deadpool_postgres::Object> {
+    async fn get(&mut self, db: &Db) -> anyhow::Result<&deadpool_postgres::Object> {
         if self.client.is_none() {
-            let client = shared.pool.get().await?;
+            let client = db.pool.get().await?;
             client.batch_execute("SET synchronous_commit = off").await?;
             self.client = Some(client);
         }
@@ -56,28 +58,37 @@ impl Drop for ClaimConnection {
     }
 }
 
+/// The claimer task's handles.
+pub struct Claimer {
+    pub db: Db,
+    pub settings: WorkerSettings,
+    pub held: HeldRows,
+    pub stats: Stats,
+    pub hints: Hints,
+}
+
 pub async fn claim_loop(
-    shared: Arc<Shared>,
+    claimer: Claimer,
     work_tx: mpsc::UnboundedSender<Claimed>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut conn = ClaimConnection { client: None };
-    let batch = shared.settings.batch_size.max(1);
-    let concurrency = shared.settings.concurrency.max(1);
-    let max_outstanding = shared.settings.max_outstanding();
+    let batch = claimer.settings.batch_size.max(1);
+    let concurrency = claimer.settings.concurrency.max(1);
+    let max_outstanding = claimer.settings.max_outstanding();
     // Claim again once a quarter of a batch is wanted: big statements, a buffer that never runs dry.
     let big_claim = (batch / 4).clamp(1, concurrency);
-    let mut pace = Pace::new(shared.processed.load(Ordering::Relaxed));
+    let mut pace = Pace::new(claimer.stats.processed());
     let mut backoff = Duration::from_millis(100);
     loop {
         if *stop.borrow() {
             return;
         }
-        let rate = pace.update(shared.processed.load(Ordering::Relaxed));
-        let (held, buffered) = shared.held_and_buffered();
-        let running = (shared.running.load(Ordering::SeqCst).max(0) as usize).min(concurrency);
+        let rate = pace.update(claimer.stats.processed());
+        let (held, buffered) = claimer.held.held_and_buffered();
+        let running = (claimer.stats.running().max(0) as usize).min(concurrency);
         let free = concurrency - running;
-        let ahead = ahead(rate, shared.settings.prefetch, batch);
+        let ahead = ahead(rate, claimer.settings.prefetch, batch);
         let want = wanted(
             free,
             buffered,
@@ -95,7 +106,7 @@ pub async fn claim_loop(
         };
         if want == 0 || want < threshold {
             tokio::select! {
-                _ = shared.capacity.notified() => {}
+                _ = claimer.held.capacity() => {}
                 _ = stop.changed() => {}
             }
             continue;
@@ -104,7 +115,7 @@ pub async fn claim_loop(
         // rows arrived (see `received`): never before the claimed rows' ready_at, and short of the true start
         // only by the answer's transit on the connection.
         let sent = Instant::now();
-        let outcome = match claim(&shared, &mut conn, want).await {
+        let outcome = match claim(&claimer, &mut conn, want).await {
             Ok(c) => {
                 backoff = Duration::from_millis(100);
                 c
@@ -132,18 +143,7 @@ pub async fn claim_loop(
             );
         }
         if got > 0 {
-            {
-                let mut held = shared.held.lock().expect("held lock");
-                for w in &claimed {
-                    held.insert(
-                        w.id,
-                        Held {
-                            fencing_token: w.fencing_token,
-                            started: false,
-                        },
-                    );
-                }
-            }
+            claimer.held.claimed(&claimed);
             orrery::metrics::WORK
                 .with_label_values(&["claimed"])
                 .inc_by(got as u64);
@@ -166,7 +166,7 @@ pub async fn claim_loop(
         }
         // Fewer than wanted: the queue is empty for now. A drain that ended should not keep a stale rate.
         pace.rate = 0.0;
-        idle_wait(&shared, &mut conn, &mut stop).await;
+        idle_wait(&claimer, &mut conn, &mut stop).await;
     }
 }
 
@@ -221,29 +221,33 @@ impl Pace {
 }
 
 async fn claim(
-    shared: &Shared,
+    claimer: &Claimer,
     conn: &mut ClaimConnection,
     want: usize,
 ) -> anyhow::Result<queue::ClaimOutcome> {
-    let client = conn.get(shared).await?;
+    let client = conn.get(&claimer.db).await?;
     Ok(queue::claim_batch(
         client,
-        &shared.worker_id,
-        shared.settings.lease_seconds,
+        &claimer.db.worker_id,
+        claimer.settings.lease_seconds,
         want as i64,
-        shared.clock.param(),
+        claimer.db.clock(),
     )
     .await?)
 }
 
-async fn idle_wait(shared: &Shared, conn: &mut ClaimConnection, stop: &mut watch::Receiver<bool>) {
-    let cap = if shared.redis_up.load(Ordering::SeqCst) {
-        IDLE_CAP_WITH_REDIS.max(shared.settings.poll_interval)
+async fn idle_wait(
+    claimer: &Claimer,
+    conn: &mut ClaimConnection,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let cap = if claimer.hints.redis_up() {
+        IDLE_CAP_WITH_REDIS.max(claimer.settings.poll_interval)
     } else {
-        shared.settings.poll_interval
+        claimer.settings.poll_interval
     };
-    let next = match conn.get(shared).await {
-        Ok(client) => match queue::seconds_until_next_wake(client, shared.clock.param()).await {
+    let next = match conn.get(&claimer.db).await {
+        Ok(client) => match queue::seconds_until_next_wake(client, claimer.db.clock()).await {
             Ok(next) => next,
             Err(e) => {
                 tracing::debug!(error = %e, "next wake-up query failed");
@@ -261,12 +265,12 @@ async fn idle_wait(shared: &Shared, conn: &mut ClaimConnection, stop: &mut watch
         Some(s) if s > 0.0 => Duration::from_secs_f64(s).min(cap),
         // Something is overdue yet was not claimable (its concurrency key is busy): the completion that frees
         // it notifies `capacity`, the polling interval covers other workers' completions.
-        Some(_) => shared.settings.poll_interval.min(cap),
+        Some(_) => claimer.settings.poll_interval.min(cap),
         None => cap,
     };
     tokio::select! {
-        _ = shared.wake.notified() => tracing::trace!("woken by a hint"),
-        _ = shared.capacity.notified() => {}
+        _ = claimer.hints.woken() => tracing::trace!("woken by a hint"),
+        _ = claimer.held.capacity() => {}
         _ = tokio::time::sleep(wait) => {}
         _ = stop.changed() => {}
     }

@@ -1,7 +1,6 @@
 //! Writes finished attempts in batches: whatever has accumulated while the previous statement ran goes
 //! into the next one (one statement per batch settles the rows and inserts their task_run rows).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,8 +8,10 @@ use orrery::queue::{self, Completion, Settlement};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::run_events::RunEvent;
-use crate::worker::Shared;
+use crate::db::Db;
+use crate::held::HeldRows;
+use crate::run_events::{RunEvent, RunEvents};
+use crate::stats::Stats;
 
 /// Upper bound of one completion statement.
 const MAX_BATCH: usize = 1000;
@@ -25,7 +26,17 @@ pub enum Finished {
     Release { id: i64, fencing_token: i64 },
 }
 
-pub async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finished>) {
+/// The completer task's handles.
+pub struct Completer {
+    pub db: Db,
+    pub held: HeldRows,
+    pub stats: Stats,
+    pub events: Arc<RunEvents>,
+    pub lease_seconds: f64,
+}
+
+pub async fn run(completer: Completer, mut rx: mpsc::UnboundedReceiver<Finished>) {
+    let completer = &completer;
     let mut batch: Vec<Finished> = Vec::with_capacity(MAX_BATCH);
     loop {
         match rx.recv().await {
@@ -38,11 +49,11 @@ pub async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finished>)
                 Err(_) => break,
             }
         }
-        flush(&shared, &mut batch).await;
+        flush(completer, &mut batch).await;
     }
 }
 
-async fn flush(shared: &Shared, batch: &mut Vec<Finished>) {
+async fn flush(completer: &Completer, batch: &mut Vec<Finished>) {
     let mut settle = Vec::new();
     let mut meta = Vec::new();
     let mut release = Vec::new();
@@ -61,12 +72,15 @@ async fn flush(shared: &Shared, batch: &mut Vec<Finished>) {
     }
     if !settle.is_empty() {
         let started = std::time::Instant::now();
-        let accepted = write_with_retry(shared, "complete", || async {
-            let client = shared.pool.get().await?;
-            Ok(
-                queue::complete_batch(&client, &shared.worker_id, &settle, shared.clock.param())
-                    .await?,
+        let accepted = write_with_retry(completer, "complete", || async {
+            let client = completer.db.pool.get().await?;
+            Ok(queue::complete_batch(
+                &client,
+                &completer.db.worker_id,
+                &settle,
+                completer.db.clock(),
             )
+            .await?)
         })
         .await;
         tracing::debug!(
@@ -97,39 +111,34 @@ async fn flush(shared: &Shared, batch: &mut Vec<Finished>) {
             };
             match c.settlement {
                 Settlement::Succeeded => {
-                    shared.processed.fetch_add(1, Ordering::Relaxed);
+                    completer.stats.finished(false);
                     orrery::metrics::WORK
                         .with_label_values(&["succeeded"])
                         .inc();
                 }
                 Settlement::Retry { .. } => {
-                    shared.processed.fetch_add(1, Ordering::Relaxed);
-                    shared.failed.fetch_add(1, Ordering::Relaxed);
+                    completer.stats.finished(true);
                     orrery::metrics::WORK.with_label_values(&["failed"]).inc();
                     orrery::metrics::WORK.with_label_values(&["retried"]).inc();
                 }
                 Settlement::Dead => {
-                    shared.processed.fetch_add(1, Ordering::Relaxed);
-                    shared.failed.fetch_add(1, Ordering::Relaxed);
+                    completer.stats.finished(true);
                     orrery::metrics::WORK.with_label_values(&["failed"]).inc();
                     orrery::metrics::WORK.with_label_values(&["dead"]).inc();
                 }
             }
-            shared.events.send(RunEvent {
+            completer.events.send(RunEvent {
                 due_work_id: c.id,
                 task_id: *task_id,
                 event,
                 attempt: *attempt,
             });
         }
-        let mut held = shared.held.lock().expect("held lock");
-        for c in &settle {
-            held.remove(&c.id);
-        }
+        completer.held.remove(settle.iter().map(|c| c.id));
     }
     if !release.is_empty() {
-        let released = write_with_retry(shared, "release", || async {
-            let client = shared.pool.get().await?;
+        let released = write_with_retry(completer, "release", || async {
+            let client = completer.db.pool.get().await?;
             Ok(queue::release_unstarted(&client, &release).await?)
         })
         .await;
@@ -140,24 +149,20 @@ async fn flush(shared: &Shared, batch: &mut Vec<Finished>) {
             released = released.len(),
             "released prefetched rows that never started"
         );
-        let mut held = shared.held.lock().expect("held lock");
-        for (id, _) in &release {
-            held.remove(id);
-        }
+        completer.held.remove(release.iter().map(|(id, _)| *id));
     }
-    shared.capacity.notify_one();
 }
 
 /// Retries a write while PostgreSQL is unreachable: the leases are still ours until they expire, and a
 /// write that arrives after a newer claim is discarded by the fencing token anyway. Gives up (the rows are
 /// then reclaimed after their leases expire) once two lease periods have passed.
-async fn write_with_retry<F, Fut>(shared: &Shared, what: &str, mut write: F) -> Vec<i64>
+async fn write_with_retry<F, Fut>(completer: &Completer, what: &str, mut write: F) -> Vec<i64>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Vec<i64>>>,
 {
     let deadline =
-        std::time::Instant::now() + Duration::from_secs_f64(shared.settings.lease_seconds * 2.0);
+        std::time::Instant::now() + Duration::from_secs_f64(completer.lease_seconds * 2.0);
     let mut backoff = Duration::from_millis(50);
     loop {
         match write().await {

@@ -1,36 +1,43 @@
 //! The `worker_heartbeat` row: one per worker process, written every 5 s and on each state change.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use orrery::queue;
-use tokio::sync::watch;
 
-use crate::worker::Shared;
+use crate::db::Db;
+use crate::stats::Stats;
 
 pub const INTERVAL: Duration = Duration::from_secs(5);
 
-pub async fn run(shared: Arc<Shared>, _stop: watch::Receiver<bool>) {
+/// The heartbeat task's handles.
+#[derive(Clone)]
+pub struct Heartbeat {
+    pub db: Db,
+    pub stats: Stats,
+    pub hostname: Arc<str>,
+}
+
+pub async fn run(hb: Heartbeat) {
     loop {
         tokio::time::sleep(INTERVAL).await;
-        beat(&shared).await;
+        beat(&hb).await;
     }
 }
 
-pub async fn beat(shared: &Shared) {
+pub async fn beat(hb: &Heartbeat) {
     let result = async {
-        let client = shared.pool.get().await?;
+        let client = hb.db.pool.get().await?;
         queue::heartbeat(
             &client,
-            &shared.worker_id,
-            &shared.hostname,
+            &hb.db.worker_id,
+            &hb.hostname,
             std::process::id() as i32,
-            shared.processed.load(Ordering::Relaxed),
-            shared.failed.load(Ordering::Relaxed),
-            shared.running.load(Ordering::Relaxed),
-            shared.state(),
-            shared.clock.param(),
+            hb.stats.processed(),
+            hb.stats.failed(),
+            hb.stats.running(),
+            hb.stats.state(),
+            hb.db.clock(),
         )
         .await?;
         anyhow::Ok(())

@@ -1,16 +1,21 @@
 //! Keeps the leases of every held row (running or prefetched) alive: one statement per renewal round,
 //! three rounds per lease period, so a live worker never loses a row to lease expiry.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use orrery::queue;
 use tokio::sync::watch;
 
-use crate::worker::Shared;
+use crate::db::Db;
+use crate::held::HeldRows;
 
-pub async fn renew_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let every = Duration::from_secs_f64((shared.settings.lease_seconds / 3.0).max(0.05));
+pub async fn renew_loop(
+    db: Db,
+    held_rows: HeldRows,
+    lease_seconds: f64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = Duration::from_secs_f64((lease_seconds / 3.0).max(0.05));
     let mut stopped = false;
     loop {
         // Keep renewing while draining (in-flight runs finish during the grace period).
@@ -22,24 +27,15 @@ pub async fn renew_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 _ = stop.changed() => { stopped = true; continue; }
             }
         }
-        let held: Vec<(i64, i64)> = {
-            let map = shared.held.lock().expect("held lock");
-            map.iter().map(|(id, h)| (*id, h.fencing_token)).collect()
-        };
+        let held = held_rows.snapshot();
         if held.is_empty() {
             continue;
         }
         let result = async {
-            let client = shared.pool.get().await?;
+            let client = db.pool.get().await?;
             anyhow::Ok(
-                queue::renew_leases(
-                    &client,
-                    &shared.worker_id,
-                    shared.settings.lease_seconds,
-                    &held,
-                    shared.clock.param(),
-                )
-                .await?,
+                queue::renew_leases(&client, &db.worker_id, lease_seconds, &held, db.clock())
+                    .await?,
             )
         }
         .await;
@@ -47,10 +43,9 @@ pub async fn renew_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             Ok(renewed) => {
                 if renewed.len() < held.len() {
                     let renewed: std::collections::HashSet<i64> = renewed.into_iter().collect();
-                    let still_held = shared.held.lock().expect("held lock");
                     for (id, _) in &held {
                         // Rows settled meanwhile are gone from `held`; the rest really lost their lease.
-                        if !renewed.contains(id) && still_held.contains_key(id) {
+                        if !renewed.contains(id) && held_rows.contains(*id) {
                             tracing::warn!(due_work_id = id, "lease lost: its result will be discarded if another worker reclaimed it");
                         }
                     }

@@ -3,7 +3,6 @@
 //! [`run_one`] is the seam between the queue and the pipeline executor: a claimed row in, the step output
 //! and the outcome out.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,12 +16,26 @@ use tokio::sync::{mpsc, watch, Mutex};
 use crate::claimer::Claimed;
 use crate::completer::Finished;
 use crate::executor::{Executor, HttpTool, RunContext, RunFailure};
-use crate::run_events::{RunEvent, StreamSink};
-use crate::worker::{Held, Shared};
+use crate::held::HeldRows;
+use crate::run_events::{RunEvent, RunEvents, StreamSink};
+use crate::stats::Stats;
+use orrery::streams::Redis;
+
+/// A runner task's handles (each runner owns a clone).
+#[derive(Clone)]
+pub struct Runner {
+    pub held: HeldRows,
+    pub stats: Stats,
+    pub events: Arc<RunEvents>,
+    pub redis: Redis,
+    pub http: HttpTool,
+    pub secrets: crate::secrets::SecretReader,
+    pub backoff_base: f64,
+    pub backoff_max: f64,
+}
 
 pub async fn runner_loop(
-    shared: Arc<Shared>,
-    http: HttpTool,
+    runner: Runner,
     work: Arc<Mutex<mpsc::UnboundedReceiver<Claimed>>>,
     done: mpsc::UnboundedSender<Finished>,
     abort: watch::Receiver<bool>,
@@ -32,7 +45,7 @@ pub async fn runner_loop(
         let Some(Claimed { work, claimed }) = next else {
             return;
         };
-        if shared.is_stopping() {
+        if runner.stats.is_stopping() {
             // Prefetched but never started: give the attempt back.
             let _ = done.send(Finished::Release {
                 id: work.id,
@@ -40,28 +53,19 @@ pub async fn runner_loop(
             });
             continue;
         }
-        {
-            let mut held = shared.held.lock().expect("held lock");
-            held.insert(
-                work.id,
-                Held {
-                    fencing_token: work.fencing_token,
-                    started: true,
-                },
-            );
-        }
-        shared.running.fetch_add(1, Ordering::SeqCst);
+        runner.held.started(work.id, work.fencing_token);
+        runner.stats.run_started();
         let started_instant = Instant::now();
         let started_at = on_db_clock(work.claimed_at, claimed, started_instant);
         let lag = (started_at - work.ready_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
         orrery::metrics::QUEUE_LAG
             .with_label_values(&[work.trigger.as_str()])
             .observe(lag.max(0.0));
-        shared.events.send(RunEvent::new(&work, "started"));
+        runner.events.send(RunEvent::new(&work, "started"));
 
         let mut abort = abort.clone();
         let (output, outcome) = tokio::select! {
-            r = run_one(&shared, &http, &work) => r,
+            r = run_one(&runner, &work) => r,
             _ = async { while !*abort.borrow() { if abort.changed().await.is_err() { std::future::pending::<()>().await; } } } => {
                 (None, Err(RunFailure::retryable(
                     "shutdown",
@@ -72,7 +76,7 @@ pub async fn runner_loop(
         let elapsed = started_instant.elapsed();
         let finished_at = started_at
             + chrono::Duration::from_std(elapsed).unwrap_or_else(|_| chrono::Duration::zero());
-        let completion = settle(&shared, &work, outcome, output, started_at, finished_at);
+        let completion = settle(&runner, &work, outcome, output, started_at, finished_at);
         orrery::metrics::RUN_DURATION
             .with_label_values(&[match completion.settlement {
                 Settlement::Succeeded => "succeeded",
@@ -80,7 +84,7 @@ pub async fn runner_loop(
                 Settlement::Dead => "dead",
             }])
             .observe(elapsed.as_secs_f64());
-        shared.running.fetch_sub(1, Ordering::SeqCst);
+        runner.stats.run_ended();
         let _ = done.send(Finished::Settle {
             completion,
             task_id: work.task_id,
@@ -103,8 +107,7 @@ fn on_db_clock(
 
 /// Runs one claimed row's pipeline. Returns the step output (if any) and the outcome.
 pub async fn run_one(
-    shared: &Shared,
-    http: &HttpTool,
+    runner: &Runner,
     work: &ClaimedWork,
 ) -> (Option<Value>, Result<(), RunFailure>) {
     let payload: Payload = match serde_json::from_value(work.task_payload.clone()) {
@@ -125,7 +128,7 @@ pub async fn run_one(
     let secrets = if names.is_empty() {
         Vec::new()
     } else {
-        match crate::secrets::load(shared, work.task_id, &names).await {
+        match crate::secrets::load(&runner.secrets, work.task_id, &names).await {
             Ok(s) => s,
             Err(failure) => return (None, Err(failure)),
         }
@@ -135,10 +138,10 @@ pub async fn run_one(
             .insert(name.clone(), Value::String(value.clone()));
     }
     let sink = Arc::new(StreamSink::new(
-        shared.redis.clone(),
+        runner.redis.clone(),
         format!("task:{}", work.task_id),
     ));
-    let executor = Executor::new(http.clone(), sink);
+    let executor = Executor::new(runner.http.clone(), sink);
     let timeout = Duration::from_secs(work.timeout_seconds.max(1) as u64);
     let (mut output, mut outcome) = executor.run(&payload, &ctx, timeout).await;
     // Whatever a step returned or a server echoed: no secret value leaves the run.
@@ -174,7 +177,7 @@ pub fn run_context(work: &ClaimedWork, payload: &Payload) -> RunContext {
 /// Success → row deleted; retryable failure with retries left → rescheduled after the task's backoff;
 /// anything else → dead.
 fn settle(
-    shared: &Shared,
+    runner: &Runner,
     work: &ClaimedWork,
     outcome: Result<(), RunFailure>,
     output: Option<Value>,
@@ -189,8 +192,8 @@ fn settle(
                 work.attempt,
                 work.max_retries,
                 &work.backoff_strategy,
-                shared.settings.backoff_base,
-                shared.settings.backoff_max,
+                runner.backoff_base,
+                runner.backoff_max,
                 rand::random::<f64>(),
             );
             tracing::info!(

@@ -1,19 +1,26 @@
 //! The secrets a run reads: the task owner's, by the names its pipeline mentions, decrypted just before the run.
 
-use orrery::secrets::Sealed;
+use deadpool_postgres::Pool;
+use orrery::secrets::{Keyring, Sealed};
 use uuid::Uuid;
 
 use crate::executor::RunFailure;
-use crate::worker::Shared;
+
+/// What a runner needs to read secrets: the pool and the keys (`None` without ORRERY_SECRETS_KEY).
+#[derive(Clone)]
+pub struct SecretReader {
+    pub pool: Pool,
+    pub keyring: Option<Keyring>,
+}
 
 /// (name, value) of every secret in `names` for the owner of `task_id`. A missing secret, a missing key or one
 /// that does not decrypt fails the run permanently (error kind `secret`), naming the secret, never its value.
 pub async fn load(
-    shared: &Shared,
+    reader: &SecretReader,
     task_id: Uuid,
     names: &[String],
 ) -> Result<Vec<(String, String)>, RunFailure> {
-    let Some(ring) = shared.settings.secrets.as_ref() else {
+    let Some(ring) = reader.keyring.as_ref() else {
         return Err(RunFailure::permanent(
             "secret",
             format!(
@@ -22,7 +29,7 @@ pub async fn load(
             ),
         ));
     };
-    let client = shared.pool.get().await.map_err(|e| {
+    let client = reader.pool.get().await.map_err(|e| {
         RunFailure::retryable("database", format!("cannot read the run's secrets: {e}"))
     })?;
     let rows = client

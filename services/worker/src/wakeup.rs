@@ -1,27 +1,56 @@
 //! Listens for `orrery:wakeup` hints with XREAD BLOCK on a dedicated connection and wakes the claimer.
 //! While Redis is down the claimer falls back to `WORKER_POLL_INTERVAL`.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use orrery::streams::WAKEUP;
+use orrery::streams::{Redis, WAKEUP};
 use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
-use tokio::sync::watch;
-
-use crate::worker::Shared;
+use tokio::sync::{watch, Notify};
 
 const BLOCK_MS: usize = 2000;
 
-pub async fn listen(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let key = shared.redis.key(WAKEUP);
+/// What the listener tells the claimer: work may be ready (`wake`), and whether hints arrive at all.
+#[derive(Clone, Default)]
+pub struct Hints {
+    inner: Arc<HintsInner>,
+}
+
+#[derive(Default)]
+struct HintsInner {
+    wake: Notify,
+    redis_up: AtomicBool,
+}
+
+impl Hints {
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Resolves at the next hint (or at once if one arrived since the last wait).
+    pub async fn woken(&self) {
+        self.inner.wake.notified().await
+    }
+
+    pub fn redis_up(&self) -> bool {
+        self.inner.redis_up.load(Ordering::SeqCst)
+    }
+
+    fn set_redis_up(&self, up: bool) -> bool {
+        self.inner.redis_up.swap(up, Ordering::SeqCst)
+    }
+}
+
+pub async fn listen(hints: Hints, redis: Redis, mut stop: watch::Receiver<bool>) {
+    let key = redis.key(WAKEUP);
     loop {
         if *stop.borrow() {
             return;
         }
         let session = async {
-            let mut conn = shared.redis.dedicated().await?;
+            let mut conn = redis.dedicated().await?;
             // Start after the newest entry: hints are about the present, not history.
             let last: StreamRangeReply = conn.xrevrange_count(&key, "+", "-", 1).await?;
             let mut last_id = last
@@ -29,9 +58,9 @@ pub async fn listen(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 .first()
                 .map(|e| e.id.clone())
                 .unwrap_or_else(|| "0-0".into());
-            shared.redis_up.store(true, Ordering::SeqCst);
+            hints.set_redis_up(true);
             // A hint may have been missed while we were disconnected.
-            shared.wake.notify_one();
+            hints.wake();
             let opts = StreamReadOptions::default().block(BLOCK_MS).count(100);
             loop {
                 let reply: Option<StreamReadReply> =
@@ -45,7 +74,7 @@ pub async fn listen(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                         }
                     }
                     if any {
-                        shared.wake.notify_one();
+                        hints.wake();
                     }
                 }
             }
@@ -55,11 +84,11 @@ pub async fn listen(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             r = session => {
                 if let Err(e) = r {
-                    if shared.redis_up.swap(false, Ordering::SeqCst) {
+                    if hints.set_redis_up(false) {
                         tracing::warn!(error = %e, "redis unavailable: polling every WORKER_POLL_INTERVAL");
                         // An idle claimer may be in a wait sized for Redis being up (hints would end it): wake it
                         // so that it waits by the polling interval from now on.
-                        shared.wake.notify_one();
+                        hints.wake();
                     }
                 }
             }

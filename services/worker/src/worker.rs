@@ -1,122 +1,24 @@
-//! The worker process: shared state, start-up, and the shutdown sequence (stop claiming → release the
+//! The worker process: builds the handles (database, held rows, stats, hints), gives each task the ones it
+//! uses, and runs the shutdown sequence (stop claiming → release the
 //! prefetched rows → let in-flight runs finish within the grace period → flush completions → exit).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::Pool;
 use orrery::clock::Clock;
-use orrery::config::Settings;
 use orrery::runtime::Context;
-use orrery::streams::Redis;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
-use crate::completer::Finished;
+use crate::claimer::Claimer;
+use crate::completer::{Completer, Finished};
+use crate::db::{new_worker_id, Db};
+use crate::heartbeat::Heartbeat;
+use crate::held::HeldRows;
 use crate::run_events::RunEvents;
-
-/// A row this worker holds a lease on, from claim until its completion is written (or it is released).
-#[derive(Debug, Clone, Copy)]
-pub struct Held {
-    pub fencing_token: i64,
-    pub started: bool,
-}
-
-/// The worker's knobs, copied out of [`Settings`].
-#[derive(Debug, Clone)]
-pub struct WorkerSettings {
-    pub lease_seconds: f64,
-    pub poll_interval: Duration,
-    pub concurrency: usize,
-    pub batch_size: usize,
-    pub prefetch: usize,
-    pub backoff_base: f64,
-    pub backoff_max: f64,
-    pub shutdown_grace: Duration,
-    pub http_body_cap: usize,
-    /// Opens the secrets a pipeline reads; `None` without ORRERY_SECRETS_KEY.
-    pub secrets: Option<orrery::secrets::Keyring>,
-}
-
-impl WorkerSettings {
-    pub fn from_settings(s: &Settings) -> Self {
-        Self {
-            lease_seconds: s.worker_lease_seconds as f64,
-            poll_interval: Duration::from_secs_f64(s.worker_poll_interval),
-            concurrency: s.worker_concurrency,
-            batch_size: s.worker_batch_size,
-            prefetch: s.worker_prefetch,
-            backoff_base: s.worker_backoff_base_delay,
-            backoff_max: s.worker_backoff_max_delay,
-            shutdown_grace: Duration::from_secs(s.worker_shutdown_grace_seconds as u64),
-            http_body_cap: s.worker_http_body_cap_bytes,
-            secrets: s.secrets_keyring(),
-        }
-    }
-
-    /// Rows held at most: running + a prefetched batch + a batch awaiting its completion statement, so a
-    /// claim and a completion can always be in flight at the same time.
-    pub fn max_outstanding(&self) -> usize {
-        self.concurrency + 2 * self.batch_size
-    }
-}
-
-/// State shared by the worker's tasks.
-pub struct Shared {
-    pub settings: WorkerSettings,
-    pub worker_id: String,
-    pub hostname: String,
-    pub pool: Pool,
-    pub redis: Redis,
-    pub clock: Clock,
-    pub held: Mutex<HashMap<i64, Held>>,
-    /// Completions written or rows released: the claimer may have room again.
-    pub capacity: Notify,
-    /// A Redis hint (or anything else) says work may be ready.
-    pub wake: Notify,
-    pub redis_up: AtomicBool,
-    pub stopping: AtomicBool,
-    pub processed: AtomicI64,
-    pub failed: AtomicI64,
-    pub running: AtomicI32,
-    pub state: Mutex<&'static str>,
-    pub events: RunEvents,
-}
-
-impl Shared {
-    pub fn held_count(&self) -> usize {
-        self.held.lock().expect("held lock").len()
-    }
-
-    /// Rows held, and of those the ones claimed but not started yet.
-    pub fn held_and_buffered(&self) -> (usize, usize) {
-        let held = self.held.lock().expect("held lock");
-        (held.len(), held.values().filter(|h| !h.started).count())
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
-    pub fn set_state(&self, state: &'static str) {
-        *self.state.lock().expect("state lock") = state;
-    }
-
-    pub fn state(&self) -> &'static str {
-        *self.state.lock().expect("state lock")
-    }
-}
-
-/// `hostname-pid-random`: unique per process, readable in psql.
-pub fn new_worker_id(hostname: &str) -> String {
-    format!(
-        "{}-{}-{:06x}",
-        hostname,
-        std::process::id(),
-        rand::random::<u32>() & 0xff_ffff
-    )
-}
+use crate::runner::Runner;
+use crate::settings::WorkerSettings;
+use crate::stats::Stats;
+use crate::wakeup::Hints;
 
 pub struct Worker;
 
@@ -159,61 +61,91 @@ impl Worker {
             }
         }
 
-        let events = RunEvents::start(redis.clone(), worker_id.clone());
-        let shared = Arc::new(Shared {
-            settings: ws.clone(),
-            worker_id: worker_id.clone(),
-            hostname,
-            pool,
-            redis,
-            clock: Clock::Database,
-            held: Mutex::new(HashMap::new()),
-            capacity: Notify::new(),
-            wake: Notify::new(),
-            redis_up: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
-            processed: AtomicI64::new(0),
-            failed: AtomicI64::new(0),
-            running: AtomicI32::new(0),
-            state: Mutex::new("starting"),
-            events,
-        });
+        let events = Arc::new(RunEvents::start(redis.clone(), worker_id.clone()));
+        // The handles: each task below gets clones of the ones it uses, and nothing else.
+        let db = Db::new(pool, &worker_id, Clock::Database);
+        let held = HeldRows::default();
+        let stats = Stats::default();
+        let hints = Hints::default();
+        let hb = Heartbeat {
+            db: db.clone(),
+            stats: stats.clone(),
+            hostname: hostname.into(),
+        };
 
-        let heartbeat = tokio::spawn(crate::heartbeat::run(shared.clone(), stop.clone()));
-        let wakeup = tokio::spawn(crate::wakeup::listen(shared.clone(), stop.clone()));
-        let renewer = tokio::spawn(crate::lease::renew_loop(shared.clone(), stop.clone()));
+        let heartbeat = tokio::spawn(crate::heartbeat::run(hb.clone()));
+        let wakeup = tokio::spawn(crate::wakeup::listen(
+            hints.clone(),
+            redis.clone(),
+            stop.clone(),
+        ));
+        let renewer = tokio::spawn(crate::lease::renew_loop(
+            db.clone(),
+            held.clone(),
+            ws.lease_seconds,
+            stop.clone(),
+        ));
 
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Finished>();
-        let completer = tokio::spawn(crate::completer::run(shared.clone(), done_rx));
+        let completer = tokio::spawn(crate::completer::run(
+            Completer {
+                db: db.clone(),
+                held: held.clone(),
+                stats: stats.clone(),
+                events: events.clone(),
+                lease_seconds: ws.lease_seconds,
+            },
+            done_rx,
+        ));
 
         let (work_tx, work_rx) = mpsc::unbounded_channel();
         let work_rx = Arc::new(tokio::sync::Mutex::new(work_rx));
         let (abort_tx, abort_rx) = watch::channel(false);
+        let runner = Runner {
+            held: held.clone(),
+            stats: stats.clone(),
+            events: events.clone(),
+            redis,
+            http,
+            secrets: crate::secrets::SecretReader {
+                pool: db.pool.clone(),
+                keyring: settings.secrets_keyring(),
+            },
+            backoff_base: ws.backoff_base,
+            backoff_max: ws.backoff_max,
+        };
         let mut runners = Vec::with_capacity(ws.concurrency);
         for _ in 0..ws.concurrency {
             runners.push(tokio::spawn(crate::runner::runner_loop(
-                shared.clone(),
-                http.clone(),
+                runner.clone(),
                 work_rx.clone(),
                 done_tx.clone(),
                 abort_rx.clone(),
             )));
         }
         drop(done_tx);
+        drop(runner);
 
-        shared.set_state("running");
-        crate::heartbeat::beat(&shared).await;
+        stats.set_state("running");
+        crate::heartbeat::beat(&hb).await;
         tracing::info!(worker_id = %worker_id, "worker running");
 
         // Claims until stopped; dropping `work_tx` then lets the runners drain the buffer (releasing it).
-        crate::claimer::claim_loop(shared.clone(), work_tx, stop.clone()).await;
+        let claimer = Claimer {
+            db: db.clone(),
+            settings: ws.clone(),
+            held: held.clone(),
+            stats: stats.clone(),
+            hints,
+        };
+        crate::claimer::claim_loop(claimer, work_tx, stop.clone()).await;
 
         let draining_since = Instant::now();
-        shared.stopping.store(true, Ordering::SeqCst);
-        shared.set_state("draining");
+        stats.stop_starting();
+        stats.set_state("draining");
         tracing::info!(
-            running = shared.running.load(Ordering::SeqCst),
-            held = shared.held_count(),
+            running = stats.running(),
+            held = held.count(),
             "stopping: no more claims; finishing in-flight runs"
         );
         let grace = ws.shutdown_grace;
@@ -222,8 +154,8 @@ impl Worker {
             let _ = abort_tx.send(true);
         });
         {
-            let s = shared.clone();
-            tokio::spawn(async move { crate::heartbeat::beat(&s).await });
+            let hb = hb.clone();
+            tokio::spawn(async move { crate::heartbeat::beat(&hb).await });
         }
         for r in runners {
             let _ = r.await;
@@ -234,13 +166,13 @@ impl Worker {
         renewer.abort();
         wakeup.abort();
         heartbeat.abort();
-        shared.set_state("stopped");
-        crate::heartbeat::beat(&shared).await;
-        shared.events.close(Duration::from_secs(1)).await;
+        stats.set_state("stopped");
+        crate::heartbeat::beat(&hb).await;
+        events.close(Duration::from_secs(1)).await;
         tracing::info!(
             elapsed_ms = draining_since.elapsed().as_millis() as u64,
-            processed = shared.processed.load(Ordering::SeqCst),
-            failed = shared.failed.load(Ordering::SeqCst),
+            processed = stats.processed(),
+            failed = stats.failed(),
             "worker stopped"
         );
         Ok(())
