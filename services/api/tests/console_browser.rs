@@ -260,6 +260,7 @@ async fn the_task_form_shows_the_field_error_for_a_bad_cron_and_creates_a_valid_
 
     // Fix the schedule: the preview shows the engine's fires, exactly those of POST /schedules/preview.
     b.fill("#schedule_expr", "30 4 1 * *").await;
+    b.fill("#name", "monthly-invoice").await;
     let shown = b
         .wait_js(
             "ten previewed fires",
@@ -306,6 +307,10 @@ async fn the_task_form_shows_the_field_error_for_a_bad_cron_and_creates_a_valid_
     let task = stack.get(&format!("/tasks/{id}"), ADMIN).await;
     assert_eq!(task["schedule_expr"], "30 4 1 * *");
     assert_eq!(task["timezone"], "Europe/Berlin");
+    assert_eq!(
+        task["name"], "monthly-invoice",
+        "the form sets the task's name"
+    );
     b.goto(&stack.ui("#/tasks")).await;
     let listed = b
         .wait_js(

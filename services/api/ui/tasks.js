@@ -103,6 +103,7 @@ export function renderForm(main, args, ctx) {
   const input = (id, attrs = {}) => h('input', { id, name: id, autocomplete: 'off', ...attrs });
   const f = {
     title: input('title', { required: true, maxlength: 200 }),
+    name: input('name', { maxlength: 100, spellcheck: 'false', class: 'mono', placeholder: 'nightly-export' }),
     description: h('textarea', { id: 'description', name: 'description', rows: 2, maxlength: 2000 }),
     schedule_kind: select('schedule_kind', 'Schedule kind', KINDS.map((k) => [k, k]), 'cron'),
     schedule_expr: input('schedule_expr', { required: true, spellcheck: 'false', class: 'mono', placeholder: '*/5 * * * *', 'aria-describedby': 'schedule_expr-hint' }),
@@ -128,6 +129,7 @@ export function renderForm(main, args, ctx) {
     h('div', { class: 'cols' },
       h('div', { class: 'col' },
         field('title', 'Title', f.title),
+        field('name', 'Name (optional)', f.name, 'A stable name for tasks kept as code (orrery apply): A-Z a-z 0-9 . _ -, unique per owner'),
         field('description', 'Description', f.description),
         h('div', { class: 'row' },
           field('schedule_kind', 'Schedule kind', f.schedule_kind),
@@ -227,6 +229,7 @@ export function renderForm(main, args, ctx) {
     const text = (el) => (el.value.trim() === '' ? null : el.value.trim());
     return {
       title: f.title.value.trim(),
+      name: text(f.name),
       description: f.description.value,
       schedule_kind: f.schedule_kind.value,
       schedule_expr: f.schedule_expr.value.trim(),
