@@ -7,14 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
+use deadpool_postgres::Pool;
 use orrery::queue::ClaimedWork;
-use orrery::streams::{Redis, EVENTS, RUNS, RUNS_MAXLEN};
+use orrery::streams::{event_fields, Redis, EVENTS, RUNS, RUNS_MAXLEN};
 use serde_json::Value;
 use tokio::sync::{mpsc, Mutex};
 use uuid::Uuid;
 
-use crate::executor::{BoxFuture, EventSink};
+use crate::executor::{BoxFuture, EventSink, Published};
 
 const BUFFER: usize = 100_000;
 const MAX_PIPELINE: usize = 1000;
@@ -124,38 +125,80 @@ async fn publish_loop(redis: Redis, worker_id: String, mut rx: mpsc::Receiver<Ru
     }
 }
 
-/// `events.publish`: XADD to the `events` stream, published by the running task.
-pub struct StreamSink {
+/// `events.publish`: the event is stored in `event_outbox` first (so it is never lost), then put on the `events`
+/// stream with a bounded attempt; while Redis is down the schedulers' relay publishes it when Redis is back.
+pub struct OutboxSink {
+    pool: Pool,
     redis: Redis,
     published_by: String,
 }
 
-impl StreamSink {
-    pub fn new(redis: Redis, published_by: String) -> Self {
+impl OutboxSink {
+    pub fn new(pool: Pool, redis: Redis, published_by: String) -> Self {
         Self {
+            pool,
             redis,
             published_by,
         }
     }
 }
 
-impl EventSink for StreamSink {
-    fn publish(&self, topic: String, payload: Value) -> BoxFuture<'_, Result<String, String>> {
+/// How long a step tries the stream itself before leaving the event to the relay.
+const STREAM_ATTEMPT: Duration = Duration::from_millis(500);
+
+impl EventSink for OutboxSink {
+    fn publish(&self, topic: String, payload: Value) -> BoxFuture<'_, Result<Published, String>> {
         Box::pin(async move {
-            let fields = [
-                ("event_id", Uuid::new_v4().to_string()),
-                ("topic", topic),
-                ("payload", payload.to_string()),
-                ("published_by", self.published_by.clone()),
-                (
-                    "published_at",
-                    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-                ),
-            ];
-            self.redis
-                .xadd(EVENTS, None, &fields)
+            let event_id = Uuid::new_v4().to_string();
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let published_at: chrono::DateTime<Utc> = client
+                .query_one(
+                    "INSERT INTO event_outbox (event_id, topic, payload, claimed_until)
+                     VALUES ($1, $2, $3, now() + interval '5 seconds') RETURNING published_at",
+                    &[&event_id, &topic, &payload],
+                )
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?
+                .get(0);
+            let fields = event_fields(
+                &event_id,
+                &topic,
+                &payload,
+                Some(&self.published_by),
+                published_at,
+            );
+            let stream_id = match tokio::time::timeout(
+                STREAM_ATTEMPT,
+                self.redis.xadd(EVENTS, None, &fields),
+            )
+            .await
+            {
+                Ok(Ok(id)) => {
+                    let _ = client
+                        .execute(
+                            "UPDATE event_outbox SET relayed_at = now(), relay_count = relay_count + 1,
+                                    stream_id = $2, claimed_until = NULL
+                              WHERE event_id = $1",
+                            &[&event_id, &id],
+                        )
+                        .await;
+                    Some(id)
+                }
+                _ => {
+                    // Stored: the relay publishes it (now, rather than after the hold).
+                    let _ = client
+                        .execute(
+                            "UPDATE event_outbox SET claimed_until = NULL WHERE event_id = $1 AND relayed_at IS NULL",
+                            &[&event_id],
+                        )
+                        .await;
+                    None
+                }
+            };
+            Ok(Published {
+                event_id,
+                stream_id,
+            })
         })
     }
 }

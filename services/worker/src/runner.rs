@@ -17,7 +17,7 @@ use crate::claimer::Claimed;
 use crate::completer::Finished;
 use crate::executor::{Executor, HttpTool, RunContext, RunFailure};
 use crate::held::HeldRows;
-use crate::run_events::{RunEvent, RunEvents, StreamSink};
+use crate::run_events::{OutboxSink, RunEvent, RunEvents};
 use crate::stats::Stats;
 use orrery::streams::Redis;
 
@@ -137,7 +137,8 @@ pub async fn run_one(
         ctx.secrets
             .insert(name.clone(), Value::String(value.clone()));
     }
-    let sink = Arc::new(StreamSink::new(
+    let sink = Arc::new(OutboxSink::new(
+        runner.secrets.pool.clone(),
         runner.redis.clone(),
         format!("task:{}", work.task_id),
     ));

@@ -942,3 +942,48 @@ async fn a_secret_reaches_the_request_but_never_the_output_the_error_or_the_log(
         "the worker's log holds the secret"
     );
 }
+
+#[tokio::test]
+async fn an_event_published_by_a_step_while_redis_is_down_is_kept_in_the_outbox() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let prefix = redis_prefix();
+    let task = insert_task(
+        &c,
+        TaskSpec {
+            pipeline: json!([{"id": "pub", "uses": "events.publish",
+                              "with": {"topic": "orders.created", "payload": {"n": "${params.n}"}}}]),
+            params: json!({"n": 7}),
+            ..TaskSpec::default()
+        },
+    )
+    .await;
+    insert_work(&c, task, WorkSpec::default()).await;
+    // No Redis at all: the worker polls, and the step still succeeds because the event is stored first.
+    let dead_redis = format!("redis://127.0.0.1:{}", orrery::testing::free_port());
+    let _w = start_worker(&db, &prefix, &[("REDIS_URL", dead_redis.as_str())]).await;
+    wait_count(&c, "the run", "SELECT count(*) FROM task_run", 1).await;
+    let r = runs(&c).await;
+    assert!(r[0].success, "{:?}", r[0]);
+    let output: serde_json::Value = c
+        .query_one("SELECT output FROM task_run", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let step = &output["steps"]["pub"];
+    assert!(step["stream_id"].is_null(), "{step}");
+    let event_id = step["event_id"].as_str().unwrap().to_string();
+    let row = c
+        .query_one(
+            "SELECT topic, payload, relayed_at IS NULL, claimed_until IS NULL FROM event_outbox WHERE event_id = $1",
+            &[&event_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "orders.created");
+    assert_eq!(row.get::<_, serde_json::Value>(1), json!({"n": 7}));
+    assert!(
+        row.get::<_, bool>(2) && row.get::<_, bool>(3),
+        "waiting for the relay"
+    );
+}

@@ -28,7 +28,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 pub use http::{HttpTool, DEFAULT_BODY_CAP_BYTES};
-pub use publish::EventSink;
+pub use publish::{EventSink, Published};
 
 /// A boxed, sendable future (the same type as `futures::future::BoxFuture`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -504,14 +504,21 @@ mod tests {
     }
 
     impl EventSink for MemorySink {
-        fn publish(&self, topic: String, payload: Value) -> BoxFuture<'_, Result<String, String>> {
+        fn publish(
+            &self,
+            topic: String,
+            payload: Value,
+        ) -> BoxFuture<'_, Result<Published, String>> {
             Box::pin(async move {
                 if self.fail {
-                    return Err("redis unavailable".to_string());
+                    return Err("database unavailable".to_string());
                 }
                 let mut published = self.published.lock().unwrap();
                 published.push((topic, payload));
-                Ok(format!("1700000000000-{}", published.len() - 1))
+                Ok(Published {
+                    event_id: format!("e-{}", published.len() - 1),
+                    stream_id: Some(format!("1700000000000-{}", published.len() - 1)),
+                })
             })
         }
     }
@@ -833,7 +840,7 @@ mod tests {
         outcome.unwrap();
         assert_eq!(
             output["steps"]["pub"],
-            json!({"stream_id": "1700000000000-0", "topic": "welcome.ada"})
+            json!({"event_id": "e-0", "stream_id": "1700000000000-0", "topic": "welcome.ada"})
         );
         assert_eq!(
             *sink.published.lock().unwrap(),

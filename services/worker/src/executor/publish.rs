@@ -1,4 +1,5 @@
-//! `events.publish`: appends an event to the `events` stream (through an [`EventSink`]), so tasks trigger tasks.
+//! `events.publish`: publishes an event (through an [`EventSink`]: stored in the outbox, then put on the `events`
+//! stream), so tasks trigger tasks.
 
 use std::sync::Arc;
 
@@ -7,10 +8,17 @@ use serde_json::{json, Value};
 
 use super::{describe, BoxFuture, RunContext, RunFailure, Tool};
 
-/// Where `events.publish` sends events (Redis `XADD events` in production).
+/// An event the sink accepted: its id, and its `events` stream entry if it is on the stream already.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub event_id: String,
+    pub stream_id: Option<String>,
+}
+
+/// Where `events.publish` sends events (in production the event outbox, then the `events` stream).
 pub trait EventSink: Send + Sync {
-    /// Publishes one event and returns its stream id.
-    fn publish(&self, topic: String, payload: Value) -> BoxFuture<'_, Result<String, String>>;
+    /// Accepts one event; an error means it was not stored and the step may be retried.
+    fn publish(&self, topic: String, payload: Value) -> BoxFuture<'_, Result<Published, String>>;
 }
 
 pub struct PublishTool {
@@ -38,7 +46,7 @@ impl PublishTool {
         };
         let payload = with.get("payload").cloned().unwrap_or(Value::Null);
         match self.events.publish(topic.clone(), payload).await {
-            Ok(stream_id) => Ok(json!({"stream_id": stream_id, "topic": topic})),
+            Ok(p) => Ok(json!({"event_id": p.event_id, "stream_id": p.stream_id, "topic": topic})),
             Err(e) => Err(RunFailure::retryable(
                 "publish",
                 format!("publishing to `{topic}` failed: {e}"),
