@@ -61,4 +61,4 @@ echo "==> ${build[*]}"
 ORRERY_BIN_DIR="$PWD/target/$profile"
 export ORRERY_BIN_DIR
 echo "==> fault suite ($mode, $profile binaries)"
-exec cargo test --locked -p orrery-scheduler --test chaos -- "$mode" ${only[@]+"${only[@]}"} ${extra[@]+"${extra[@]}"}
+exec cargo test --locked -p orrery-tests --test chaos -- "$mode" ${only[@]+"${only[@]}"} ${extra[@]+"${extra[@]}"}

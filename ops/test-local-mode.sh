@@ -30,7 +30,7 @@ for tool in psql redis-cli curl; do
   command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is required" >&2; exit 1; }
 done
 
-# Same replacement as shared/src/testing.rs with_database(): keep credentials, host and query.
+# Same replacement as the test kit's with_database() (testing/src/lib.rs): keep credentials, host and query.
 with_database() {
   local scheme="${1%%://*}" rest="${1#*://}" query="" authority
   case "$rest" in *\?*) query="?${rest#*\?}"; rest="${rest%%\?*}" ;; esac

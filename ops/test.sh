@@ -73,6 +73,9 @@ ensure_redis
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
+log "unused dependencies (cargo-machete)"
+command -v cargo-machete >/dev/null || cargo install --locked cargo-machete
+cargo machete
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "building binaries"

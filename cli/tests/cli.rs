@@ -417,7 +417,7 @@ async fn exit_codes_are_as_documented() {
         assert_eq!(out.code, 2, "{args:?}: {out:?}");
     }
     // 3: nothing listens there.
-    let port = orrery::testing::free_port();
+    let port = orrery_testing::free_port();
     let out = env
         .orrery_env(
             &["tasks", "ls"],
@@ -629,7 +629,7 @@ async fn login_stores_a_context_that_later_commands_use() {
     );
 
     // The environment wins over the context.
-    let port = orrery::testing::free_port();
+    let port = orrery_testing::free_port();
     let out = env
         .orrery_env(
             &["tasks", "ls"],

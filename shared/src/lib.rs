@@ -16,5 +16,3 @@ pub mod secrets;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;
-#[cfg(feature = "testing")]
-pub mod testing;

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use orrery::config::Settings;
-use orrery::testing::{redis_prefix, redis_url, wait_for, TestDb};
+use orrery_testing::{redis_prefix, redis_url, wait_for, TestDb};
 use serde_json::Value;
 use tokio::sync::watch;
 

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use orrery::testing::{base_env, free_port, redis_prefix, Service, TestDb};
+use orrery_testing::{base_env, free_port, redis_prefix, Service, TestDb};
 
 fn env_or(name: &str, default: i64) -> i64 {
     std::env::var(name)

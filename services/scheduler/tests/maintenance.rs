@@ -1,9 +1,9 @@
 //! Retention pruning and stream trimming.
 
 use orrery::config::Settings;
-use orrery::testing::{redis_prefix, redis_url, TestDb};
 use orrery_scheduler::events::GROUP;
 use orrery_scheduler::maintenance::Maintenance;
+use orrery_testing::{redis_prefix, redis_url, TestDb};
 
 fn settings(db: &TestDb, prefix: &str, max_len: &str) -> Settings {
     let vars: Vec<(String, String)> = [

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use orrery::clock::Clock;
-use orrery::testing::{
+use orrery_scheduler::materializer::Materializer;
+use orrery_testing::{
     base_env, free_port, redis_prefix, redis_url, wait_for, PrivateRedis, Service, TestDb,
 };
-use orrery_scheduler::materializer::Materializer;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(20);

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use orrery::testing::{redis_prefix, wait_for, PrivateRedis, TestDb};
+use orrery_testing::{redis_prefix, wait_for, PrivateRedis, TestDb};
 use serde_json::json;
 
 fn sleeper(seconds: f64) -> TaskSpec {
@@ -341,18 +341,18 @@ async fn slow_work_is_spread_over_idle_workers_instead_of_queued_behind_one() {
 
 #[tokio::test]
 async fn a_postgresql_crash_under_running_work_loses_nothing_and_runs_nothing_twice() {
-    let pg = orrery::testing::PrivatePostgres::start();
+    let pg = orrery_testing::PrivatePostgres::start();
     pg.create_database("orrery").await;
     let prefix = redis_prefix();
     let env: Vec<(String, String)> = vec![
         ("DATABASE_URL".into(), pg.url("orrery")),
-        ("REDIS_URL".into(), orrery::testing::redis_url()),
+        ("REDIS_URL".into(), orrery_testing::redis_url()),
         ("REDIS_KEY_PREFIX".into(), prefix.clone()),
         ("WORKER_POLL_INTERVAL".into(), "0.1".into()),
         ("DATABASE_POOL_SIZE".into(), "4".into()),
     ];
     let worker =
-        orrery::testing::Service::start("orrery-worker", orrery::testing::free_port(), &env).await;
+        orrery_testing::Service::start("orrery-worker", orrery_testing::free_port(), &env).await;
     worker.wait_ready(WAIT).await;
     let connect = || async {
         let (client, conn) = tokio_postgres::connect(&pg.url("orrery"), tokio_postgres::NoTls)

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use orrery::testing::{redis_prefix, wait_for, TestDb};
+use orrery_testing::{redis_prefix, wait_for, TestDb};
 use serde_json::json;
 
 #[tokio::test]
@@ -501,7 +501,7 @@ async fn events_publish_writes_to_the_events_stream_and_run_events_reach_orrery_
         1,
     )
     .await;
-    let client = redis::Client::open(orrery::testing::redis_url()).unwrap();
+    let client = redis::Client::open(orrery_testing::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let events: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(format!("{prefix}events"))
@@ -960,7 +960,7 @@ async fn an_event_published_by_a_step_while_redis_is_down_is_kept_in_the_outbox(
     .await;
     insert_work(&c, task, WorkSpec::default()).await;
     // No Redis at all: the worker polls, and the step still succeeds because the event is stored first.
-    let dead_redis = format!("redis://127.0.0.1:{}", orrery::testing::free_port());
+    let dead_redis = format!("redis://127.0.0.1:{}", orrery_testing::free_port());
     let _w = start_worker(&db, &prefix, &[("REDIS_URL", dead_redis.as_str())]).await;
     wait_count(&c, "the run", "SELECT count(*) FROM task_run", 1).await;
     let r = runs(&c).await;

@@ -196,7 +196,7 @@ async fn using_a_token_records_last_used_at() {
     expect(app.get("/tasks", &token).await, 200).await;
     let c = app.sql().await;
     let id: uuid::Uuid = a.parse().unwrap();
-    orrery::testing::wait_for(
+    orrery_testing::wait_for(
         "last_used_at",
         std::time::Duration::from_secs(5),
         || async {
@@ -284,7 +284,7 @@ async fn tokens_can_expire_and_show_when_they_were_last_used() {
 }
 
 async fn wait_for_last_used(app: &TestApp, agent: &str, token_id: &str) -> serde_json::Value {
-    orrery::testing::wait_for(
+    orrery_testing::wait_for(
         "last_used_at to be recorded",
         std::time::Duration::from_secs(10),
         || async {

@@ -112,7 +112,7 @@ async fn invalid_topics_are_422() {
 
 #[tokio::test]
 async fn with_redis_down_an_event_is_still_accepted_into_the_outbox_for_the_relay() {
-    let port = orrery::testing::free_port();
+    let port = orrery_testing::free_port();
     let app = spawn_app_with(&[("REDIS_URL", &format!("redis://127.0.0.1:{port}"))]).await;
     let t0 = std::time::Instant::now();
     let accepted = expect(

@@ -42,7 +42,7 @@ async fn health_is_degraded_without_scheduler_and_workers_and_healthy_with_them(
 
 #[tokio::test]
 async fn health_is_unhealthy_503_when_the_database_is_down() {
-    let pg = orrery::testing::PrivatePostgres::start();
+    let pg = orrery_testing::PrivatePostgres::start();
     let db = "orrery_api_health";
     pg.create_database(db).await;
     let url = pg.url(db);
@@ -91,7 +91,7 @@ async fn metrics_count_requests_by_route_template_and_status_class_and_show_queu
     assert!(!text.contains(id), "no ids in labels");
     assert!(!text.contains("12345"), "no raw paths in labels");
     // Queue depth is refreshed in the background (at most every 10 s), never inside a scrape.
-    orrery::testing::wait_for(
+    orrery_testing::wait_for(
         "the queue depth gauges",
         std::time::Duration::from_secs(15),
         || async {

@@ -119,7 +119,7 @@ async fn dead_work_is_listed_replayed_and_deleted() {
     .await;
     assert_eq!(app.audit_count("due_work.replay").await, 1);
     assert_eq!(app.audit_count("due_work.delete").await, 1);
-    orrery::testing::wait_for(
+    orrery_testing::wait_for(
         "the wake-up hint",
         std::time::Duration::from_secs(5),
         || async { (!app.stream(orrery::streams::WAKEUP).await.is_empty()).then_some(()) },

@@ -137,7 +137,7 @@ async fn a_mutation_is_audited_and_announced_on_the_task_changes_stream() {
     assert_eq!(row.get::<_, String>(1), "task");
     assert_eq!(row.get::<_, String>(2), id);
     assert_eq!(row.get::<_, Value>(3)["title"], "audited");
-    let entries = orrery::testing::wait_for(
+    let entries = orrery_testing::wait_for(
         "the task-changes hint",
         std::time::Duration::from_secs(5),
         || async {
@@ -615,7 +615,7 @@ async fn pausing_a_task_removes_its_future_work_and_pausing_again_changes_nothin
     )
     .await;
     assert_eq!(app.audit_count("task.pause").await, 1);
-    let hints = orrery::testing::wait_for(
+    let hints = orrery_testing::wait_for(
         "the pause hint",
         std::time::Duration::from_secs(5),
         || async {
@@ -776,7 +776,7 @@ async fn run_now_queues_manual_work_due_now_with_the_params_and_wakes_workers() 
         "params",
     )
     .await;
-    orrery::testing::wait_for(
+    orrery_testing::wait_for(
         "the wake-up hint",
         std::time::Duration::from_secs(5),
         || async {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use orrery::config::Settings;
-use orrery::testing::{redis_prefix, redis_url, wait_for, TestDb};
+use orrery_testing::{redis_prefix, redis_url, wait_for, TestDb};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::watch;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use orrery::testing::{base_env, free_port, redis_url, wait_for, Service, TestDb};
+use orrery_testing::{base_env, free_port, redis_url, wait_for, Service, TestDb};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;

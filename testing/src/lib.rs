@@ -1,5 +1,5 @@
-//! Test harness (feature `testing`): a fresh database per test cloned from a migrated template, an isolated
-//! Redis key prefix per test, free ports, real binaries as child processes, and awaited conditions.
+//! The test kit (dev crate `orrery-testing`): a fresh database per test cloned from a migrated template, an
+//! isolated Redis key prefix per test, free ports, real binaries as child processes, and awaited conditions.
 //!
 //! Tests read `DATABASE_URL` / `REDIS_URL` (defaulting to the local services) and only ever create, use and
 //! drop databases named `orrery_test_*` / `orrery_tpl_*` that they created.
@@ -99,7 +99,7 @@ impl TestDb {
                 .execute(&format!("CREATE DATABASE {building}"), &[])
                 .await
                 .expect("create template database");
-            crate::db::migrate(&with_database(&base_database_url(), &building))
+            orrery::db::migrate(&with_database(&base_database_url(), &building))
                 .await
                 .expect("migrate template");
             admin
@@ -135,7 +135,7 @@ impl TestDb {
     }
 
     pub fn pool(&self) -> deadpool_postgres::Pool {
-        crate::db::build_pool(&self.url, 16).expect("pool")
+        orrery::db::build_pool(&self.url, 16).expect("pool")
     }
 
     pub async fn client(&self) -> tokio_postgres::Client {

@@ -43,7 +43,7 @@ impl Driver {
             "browser tests need Debian's chromium and chromium-driver \
              (apt-get install -y chromium chromium-driver; ops/test.sh installs them)"
         );
-        let port = orrery::testing::free_port();
+        let port = orrery_testing::free_port();
         let child = tokio::process::Command::new(&bin)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -59,7 +59,7 @@ impl Driver {
             .unwrap();
         let status = format!("{base}/status");
         let probe = http.clone();
-        orrery::testing::wait_for("chromedriver to answer", Duration::from_secs(20), || {
+        orrery_testing::wait_for("chromedriver to answer", Duration::from_secs(20), || {
             let probe = probe.clone();
             let status = status.clone();
             async move {

@@ -5,7 +5,7 @@
 //!   bash ops/chaos.sh --short    # the CI form (ops/test.sh): smaller counts, shorter faults
 //!
 //! Directly (binaries built first; ORRERY_BIN_DIR picks release ones):
-//!   cargo test -p orrery-scheduler --test chaos -- --short [--only workers,schedulers,postgres,redis] [--self-test]
+//!   cargo test -p orrery-tests --test chaos -- --short [--only workers,schedulers,postgres,redis] [--self-test]
 //!
 //! `--self-test` proves the accounting can fail: after counting, each scenario erases one accepted run's success,
 //! records another twice, does the same to a fire, erases one event delivery, and checks that the counts move

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use orrery::testing::{base_env, free_port, redis_prefix, wait_for, Service, TestDb};
+use orrery_testing::{base_env, free_port, redis_prefix, wait_for, Service, TestDb};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
@@ -212,11 +212,9 @@ impl System {
 
 /// The `<!-- example: NAME -->` JSON blocks of docs/pipelines.md, with the example host pointed at `base`.
 fn doc_examples(base: &str) -> HashMap<String, Value> {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../docs/pipelines.md"
-    ))
-    .expect("docs/pipelines.md");
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/pipelines.md"))
+            .expect("docs/pipelines.md");
     let mut examples = HashMap::new();
     let mut rest = text.as_str();
     while let Some(i) = rest.find("<!-- example: ") {

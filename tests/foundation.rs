@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use orrery::testing::{
+use orrery_testing::{
     base_database_url, free_port, redis_prefix, redis_url, with_database, PrivatePostgres, Service,
     TestDb,
 };
@@ -19,7 +19,7 @@ const BINARIES: [&str; 3] = ["orrery-api", "orrery-scheduler", "orrery-worker"];
 #[tokio::test]
 async fn an_invalid_variable_stops_each_binary_with_exit_code_2_and_one_line_naming_it() {
     for bin in BINARIES {
-        let out = tokio::process::Command::new(orrery::testing::binary_path(bin))
+        let out = tokio::process::Command::new(orrery_testing::binary_path(bin))
             .env_clear()
             .env("WORKER_LEASE_SECONDS", "soon")
             .output()
@@ -31,7 +31,7 @@ async fn an_invalid_variable_stops_each_binary_with_exit_code_2_and_one_line_nam
         assert_eq!(lines.len(), 1, "{bin} printed: {stderr}");
         assert!(lines[0].contains("WORKER_LEASE_SECONDS"), "{bin}: {stderr}");
     }
-    let out = tokio::process::Command::new(orrery::testing::binary_path("orrery-api"))
+    let out = tokio::process::Command::new(orrery_testing::binary_path("orrery-api"))
         .env_clear()
         .env("DATABASE_URL", "mysql:/nope nope")
         .output()
@@ -143,7 +143,7 @@ async fn three_binaries_started_at_once_on_an_empty_database_all_come_up() {
 #[tokio::test]
 async fn sigterm_and_sigint_stop_each_binary_with_exit_code_0_within_5_seconds() {
     let db = TestDb::new().await;
-    let env = orrery::testing::base_env(&db, &redis_prefix());
+    let env = orrery_testing::base_env(&db, &redis_prefix());
     for (bin, signal) in [
         ("orrery-api", 15),
         ("orrery-scheduler", 2),
@@ -180,7 +180,7 @@ async fn readiness_follows_postgresql_going_away_and_coming_back() {
     assert_eq!(s.get("/health/live").await.map(|r| r.0), Some(200));
 
     pg.stop_server();
-    orrery::testing::wait_for(
+    orrery_testing::wait_for(
         "readiness 503 with PostgreSQL stopped",
         Duration::from_secs(20),
         || async { matches!(s.get("/health/ready").await, Some((503, _))).then_some(()) },
@@ -191,7 +191,7 @@ async fn readiness_follows_postgresql_going_away_and_coming_back() {
         Some(200),
         "liveness does not depend on the database"
     );
-    let hc = std::process::Command::new(orrery::testing::binary_path("orrery-scheduler"))
+    let hc = std::process::Command::new(orrery_testing::binary_path("orrery-scheduler"))
         .arg("healthcheck")
         .env("SCHEDULER_HEALTH_PORT", s.health_port.to_string())
         .status()
@@ -200,7 +200,7 @@ async fn readiness_follows_postgresql_going_away_and_coming_back() {
 
     pg.start_server();
     s.wait_ready(Duration::from_secs(30)).await;
-    let hc = std::process::Command::new(orrery::testing::binary_path("orrery-scheduler"))
+    let hc = std::process::Command::new(orrery_testing::binary_path("orrery-scheduler"))
         .arg("healthcheck")
         .env("SCHEDULER_HEALTH_PORT", s.health_port.to_string())
         .status()
@@ -220,7 +220,7 @@ async fn a_binary_starts_while_postgresql_is_down_and_becomes_ready_when_it_appe
         ("REDIS_URL".to_string(), "redis://127.0.0.1:1".to_string()),
     ];
     let s = Service::start("orrery-worker", free_port(), &env).await;
-    orrery::testing::wait_for(
+    orrery_testing::wait_for(
         "live while PostgreSQL is down",
         Duration::from_secs(20),
         || async { matches!(s.get("/health/live").await, Some((200, _))).then_some(()) },

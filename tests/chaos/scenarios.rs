@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use orrery::testing::Service;
+use orrery_testing::Service;
 
 use crate::kit::{self, Cluster, Counts, Feed, Feeder, Schedules, Subject};
 use crate::{Mode, Row};

@@ -4,7 +4,7 @@
 //! Needs Debian's `chromium` and `chromium-driver` (ops/test.sh installs them) and the workspace binaries
 //! (`cargo build --workspace --bins`). Every wait polls the DOM with a deadline; nothing sleeps a fixed time.
 //!
-//! `cargo test -p orrery-api --test console_browser -- --ignored screenshots` refreshes docs/screenshots/.
+//! `cargo test -p orrery-tests --test console_browser -- --ignored screenshots` refreshes docs/screenshots/.
 
 #[path = "browser/webdriver.rs"]
 mod webdriver;
@@ -12,7 +12,7 @@ mod webdriver;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use orrery::testing::{base_env, free_port, redis_prefix, wait_for, Service, TestDb};
+use orrery_testing::{base_env, free_port, redis_prefix, wait_for, Service, TestDb};
 use serde_json::{json, Value};
 use webdriver::{Browser, Driver};
 
@@ -459,7 +459,7 @@ async fn run_now_shows_the_run_live_and_a_dead_run_replayed_from_the_dead_work_p
 }
 
 fn screenshot_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots")
 }
 
 /// Fills a stack with a few tasks and runs, and saves a PNG of every page (light, and dark for some).

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SubsecRound, Utc};
-use orrery::testing::{free_port, PrivatePostgres, PrivateRedis, Service};
+use orrery_testing::{free_port, PrivatePostgres, PrivateRedis, Service};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use orrery::testing::{base_env, free_port, redis_prefix, wait_for, PrivateRedis, Service, TestDb};
+use orrery_testing::{base_env, free_port, redis_prefix, wait_for, PrivateRedis, Service, TestDb};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "durable-events-admin-token-0123456789";

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use orrery::testing::{base_env, free_port, redis_prefix, wait_for, Service, TestDb};
+use orrery_testing::{base_env, free_port, redis_prefix, wait_for, Service, TestDb};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "e2e-admin-token-0123456789";
