@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod health;
 pub mod http_policy;
+pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

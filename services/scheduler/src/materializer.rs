@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, Duration, Utc};
 use deadpool_postgres::Pool;
 use orrery::clock::Clock;
+use orrery::lifecycle::{Action, PendingWork};
 use orrery::model::{Catchup, Overlap, CATCHUP_ALL_LIMIT, SYSTEM_AGENT_ID};
 use orrery::schedule::{parse_timezone, Schedule, ScheduleKind};
 use uuid::Uuid;
@@ -384,17 +385,30 @@ impl Materializer {
         let stmt = client
             .prepare_cached(
                 "WITH done AS (
-                     UPDATE task t SET status = 'completed', updated_at = coalesce($1::timestamptz, now())
-                      WHERE t.status = 'active' AND t.next_fire_at = 'infinity' AND t.schedule_kind <> 'event'
+                     UPDATE task t SET status = $3, updated_at = coalesce($1::timestamptz, now())
+                      WHERE t.status = ANY($4) AND t.next_fire_at = 'infinity' AND t.schedule_kind <> 'event'
                         AND NOT EXISTS (SELECT 1 FROM due_work d WHERE d.task_id = t.id AND d.state = 'pending')
                      RETURNING t.id)
                  INSERT INTO audit_log (actor, action, subject_type, subject_id, details)
-                 SELECT $2::uuid, 'task.completed', 'task', id::text, '{\"by\": \"scheduler\"}'::jsonb FROM done
+                 SELECT $2::uuid, $5, 'task', id::text, '{\"by\": \"scheduler\"}'::jsonb FROM done
                  RETURNING subject_id",
             )
             .await?;
+        // The lifecycle state machine decides which statuses complete and into what.
+        let complete = Action::Complete;
+        let sources: Vec<&str> = complete.sources().iter().map(|s| s.as_str()).collect();
+        debug_assert_eq!(complete.work(), PendingWork::Keep);
         let rows = client
-            .query(&stmt, &[&self.clock.param(), &SYSTEM_AGENT_ID])
+            .query(
+                &stmt,
+                &[
+                    &self.clock.param(),
+                    &SYSTEM_AGENT_ID,
+                    &complete.target().as_str(),
+                    &sources,
+                    &complete.audit_action(),
+                ],
+            )
             .await?;
         Ok(rows
             .iter()

@@ -2,6 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Duration, Utc};
+use orrery::lifecycle::{Action, Outcome, PendingWork};
 use orrery::model::{BackoffStrategy, Catchup, Overlap, Scope, TaskStatus};
 use orrery::schedule::{Schedule, ScheduleKind};
 use serde::Deserialize;
@@ -474,10 +475,6 @@ async fn name_race(c: &impl db::Db, v: &TaskValues, e: tokio_postgres::Error) ->
     }
 }
 
-fn is_terminal(status: &str) -> bool {
-    status == TaskStatus::Canceled.as_str() || status == TaskStatus::Completed.as_str()
-}
-
 #[utoipa::path(post, path = "/tasks", tag = "tasks", request_body = TaskCreate,
     params(("dry_run" = Option<bool>, Query, description = "true: run every check (validation, name, dedupe) and answer 204 without writing")),
     responses((status = 201, body = Task), (status = 204, description = "dry_run: the task is valid; nothing was written"), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
@@ -663,7 +660,7 @@ pub async fn patch(
     let row = db::tasks::lock(&tx, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
-    if is_terminal(&row.task.status) {
+    if stored_status(&row.task)?.is_terminal() {
         return Err(ApiError::conflict(format!(
             "Task {id} is {}; terminal tasks cannot be edited",
             row.task.status
@@ -817,13 +814,14 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Clone, Copy)]
-enum Action {
-    Pause,
-    Resume,
-    Cancel,
+/// The task's stored status (the schema's CHECK admits only the four spellings).
+fn stored_status(t: &Task) -> ApiResult<TaskStatus> {
+    t.status
+        .parse::<TaskStatus>()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("task {}: stored status {e}", t.id)))
 }
 
+/// Pause, resume or cancel, as the lifecycle state machine (orrery::lifecycle) says.
 async fn transition(
     state: web::Data<AppState>,
     caller: Caller,
@@ -838,59 +836,65 @@ async fn transition(
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
     let previous = row.task.status.clone();
-    let (target, verb, hint) = match action {
-        Action::Pause => (TaskStatus::Paused, "pause", "paused"),
-        Action::Resume => (TaskStatus::Active, "resume", "resumed"),
-        Action::Cancel => (TaskStatus::Canceled, "cancel", "canceled"),
+    let (to, work) = match action.apply(stored_status(&row.task)?) {
+        Ok(Outcome::Unchanged) => {
+            return Ok(HttpResponse::Ok().json(TaskTransition {
+                task: row.task,
+                previous_status: previous,
+            }))
+        }
+        Ok(Outcome::Move { to, work }) => (to, work),
+        Err(refused) => {
+            return Err(ApiError::Conflict {
+                message: format!(
+                    "cannot {} Task {id}: it is {previous}",
+                    refused.action.verb()
+                ),
+                details: Some(json!({"status": previous})),
+            })
+        }
     };
-    if previous == target.as_str() {
-        return Ok(HttpResponse::Ok().json(TaskTransition {
-            task: row.task,
-            previous_status: previous,
-        }));
-    }
-    let allowed = match action {
-        Action::Pause => previous == "active",
-        Action::Resume => previous == "paused",
-        Action::Cancel => previous == "active" || previous == "paused",
-    };
-    if !allowed {
-        return Err(ApiError::Conflict {
-            message: format!("cannot {verb} Task {id}: it is {previous}"),
-            details: Some(json!({"status": previous})),
-        });
-    }
-    let updated = match action {
-        Action::Pause | Action::Cancel => {
+    let updated = match work {
+        PendingWork::RemoveUnleased => {
             let removed = db::tasks::delete_unleased_work(&tx, id, false).await?;
             tracing::debug!(task_id = %id, removed, "unleased work removed");
-            db::tasks::set_status(&tx, id, target.as_str(), None, None).await?
+            db::tasks::set_status(&tx, id, to.as_str(), None, None).await?
         }
-        Action::Resume => {
+        PendingWork::RestartFromNow => {
             let now = db::now(&tx).await?;
-            let next = validation::parse_schedule(
+            let schedule = validation::parse_schedule(
                 &row.task.schedule_kind,
                 &row.task.schedule_expr,
                 &row.task.timezone,
                 row.schedule_anchor,
             )
-            .ok()
-            .and_then(|s| validation::next_fire_after(&s, now));
+            .map_err(|errors| {
+                let why: Vec<String> = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect();
+                ApiError::Internal(anyhow::anyhow!(
+                    "task {id}: the stored schedule no longer parses ({})",
+                    why.join("; ")
+                ))
+            })?;
+            let next = validation::next_fire_after(&schedule, now);
             // No backlog burst: the scheduler materializes from now on.
-            db::tasks::set_status(&tx, id, target.as_str(), Some(now), next).await?
+            db::tasks::set_status(&tx, id, to.as_str(), Some(now), next).await?
         }
+        PendingWork::Keep => db::tasks::set_status(&tx, id, to.as_str(), None, None).await?,
     };
     db::audit(
         &tx,
         caller.agent_id,
-        &format!("task.{verb}"),
+        action.audit_action(),
         "task",
         &id.to_string(),
         &json!({"previous_status": previous}),
     )
     .await?;
     tx.commit().await?;
-    announce_task_change(&state, id, hint);
+    announce_task_change(&state, id, action.done());
     Ok(HttpResponse::Ok().json(TaskTransition {
         task: updated.task,
         previous_status: previous,
@@ -957,7 +961,7 @@ pub async fn run_now(
     let row = db::tasks::lock(&tx, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
-    if row.task.status != TaskStatus::Active.as_str() {
+    if !stored_status(&row.task)?.accepts_manual_work() {
         return Err(ApiError::Conflict {
             message: format!(
                 "Task {id} is {}; only active tasks can run now",
@@ -1009,7 +1013,7 @@ pub async fn snooze(
     let row = db::tasks::lock(&tx, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
-    if row.task.status != TaskStatus::Active.as_str() {
+    if !stored_status(&row.task)?.accepts_manual_work() {
         return Err(ApiError::Conflict {
             message: format!(
                 "Task {id} is {}; only active tasks can be snoozed",

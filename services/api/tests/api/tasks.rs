@@ -676,6 +676,36 @@ async fn resuming_materializes_from_now_without_a_backlog_burst() {
 }
 
 #[tokio::test]
+async fn resuming_a_task_whose_stored_schedule_no_longer_parses_fails_and_leaves_it_paused() {
+    let app = spawn_app().await;
+    let task = app.task(ADMIN, cron_task("damaged")).await;
+    let id = uuid_of(&task);
+    expect(
+        app.post_empty(&format!("/tasks/{id}/pause"), ADMIN).await,
+        200,
+    )
+    .await;
+    // Damage only the database can do (the API validates every schedule it writes).
+    app.sql()
+        .await
+        .execute(
+            "UPDATE task SET timezone = 'Nowhere/Atlantis' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let r = app.post_empty(&format!("/tasks/{id}/resume"), ADMIN).await;
+    assert_eq!(
+        r.status().as_u16(),
+        500,
+        "not a silent resume without fires"
+    );
+    let after = expect(app.get(&format!("/tasks/{id}"), ADMIN).await, 200).await;
+    assert_eq!(after["status"], "paused");
+    assert_eq!(app.audit_count("task.resume").await, 0);
+}
+
+#[tokio::test]
 async fn canceled_and_completed_tasks_are_terminal() {
     let app = spawn_app().await;
     let task = app.task(ADMIN, cron_task("cancelable")).await;
