@@ -132,6 +132,7 @@ impl Application {
             settings: ctx.settings.clone(),
             readiness: ctx.readiness.clone(),
             started: Instant::now(),
+            clock: ctx.clock.clone(),
         });
         if state.settings.admin_token().is_none() {
             tracing::warn!("ORRERY_ADMIN_TOKEN is not set: the system agent cannot authenticate");

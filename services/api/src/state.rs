@@ -9,6 +9,7 @@ use orrery::streams::Redis;
 
 use crate::auth::AuthCache;
 use crate::error::ApiResult;
+use orrery::clock::Clock;
 
 pub struct AppState {
     pub pool: Pool,
@@ -17,6 +18,8 @@ pub struct AppState {
     pub readiness: Readiness,
     pub auth: AuthCache,
     pub started: Instant,
+    /// Where handlers read time (runtime `Context::clock`).
+    pub clock: Clock,
 }
 
 impl AppState {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use orrery::clock::Clock;
 use orrery::model::{backoff_delay, BackoffStrategy};
 use orrery::pipeline::Payload;
 use orrery::queue::{ClaimedWork, Completion, Settlement};
@@ -32,6 +33,8 @@ pub struct Runner {
     pub secrets: crate::secrets::SecretReader,
     pub backoff_base: f64,
     pub backoff_max: f64,
+    /// A pipeline's `now` (the claims and completions bind the `Db`'s clock).
+    pub clock: Clock,
 }
 
 pub async fn runner_loop(
@@ -122,7 +125,7 @@ pub async fn run_one(
             )
         }
     };
-    let mut ctx = run_context(work, &payload);
+    let mut ctx = run_context(work, &payload, &runner.clock);
     // Only runs whose pipeline reads `secrets.NAME` touch the secret table.
     let names = orrery::secrets::referenced_names(&work.task_payload);
     let secrets = if names.is_empty() {
@@ -156,7 +159,7 @@ pub async fn run_one(
 }
 
 /// The template context of a run (API decision 4): task params merged with the row's params (run-now wins).
-pub fn run_context(work: &ClaimedWork, payload: &Payload) -> RunContext {
+pub fn run_context(work: &ClaimedWork, payload: &Payload, clock: &Clock) -> RunContext {
     let mut params: Map<String, Value> = payload.params.clone();
     if let Some(Value::Object(extra)) = &work.params {
         for (k, v) in extra {
@@ -172,6 +175,7 @@ pub fn run_context(work: &ClaimedWork, payload: &Payload) -> RunContext {
         params,
         event: work.event.clone(),
         secrets: Map::new(),
+        clock: clock.clone(),
     }
 }
 
