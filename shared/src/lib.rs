@@ -10,7 +10,9 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
-pub mod queue;
+pub mod store;
+/// The worker's queue statements (claim, complete, ...), at their old path.
+pub use store::queue;
 pub mod runtime;
 pub mod schedule;
 pub mod secrets;

@@ -126,43 +126,43 @@ pub struct TaskRow {
 
 impl TaskRow {
     pub fn from_row(r: &Row) -> Self {
-        let priority: i16 = r.get(9);
-        let max_retries: i16 = r.get(12);
+        let priority: i16 = r.get("priority");
+        let max_retries: i16 = r.get("max_retries");
         TaskRow {
             task: Task {
-                id: r.get(0),
-                name: r.get(24),
-                title: r.get(1),
-                description: r.get(2),
-                created_by: r.get(3),
-                schedule_kind: r.get(4),
-                schedule_expr: r.get(5),
-                timezone: r.get(6),
-                payload: r.get(7),
-                status: r.get(8),
+                id: r.get("id"),
+                name: r.get("name"),
+                title: r.get("title"),
+                description: r.get("description"),
+                created_by: r.get("created_by"),
+                schedule_kind: r.get("schedule_kind"),
+                schedule_expr: r.get("schedule_expr"),
+                timezone: r.get("timezone"),
+                payload: r.get("payload"),
+                status: r.get("status"),
                 priority: priority as i32,
-                dedupe_key: r.get(10),
-                dedupe_window_seconds: r.get(11),
+                dedupe_key: r.get("dedupe_key"),
+                dedupe_window_seconds: r.get("dedupe_window_seconds"),
                 max_retries: max_retries as i32,
-                backoff_strategy: r.get(13),
-                concurrency_key: r.get(14),
-                timeout_seconds: r.get(15),
-                misfire_grace_seconds: r.get(16),
-                catchup: r.get(17),
-                overlap: r.get(18),
-                next_run_at: finite(r, 19),
-                created_at: r.get(20),
-                updated_at: r.get(21),
+                backoff_strategy: r.get("backoff_strategy"),
+                concurrency_key: r.get("concurrency_key"),
+                timeout_seconds: r.get("timeout_seconds"),
+                misfire_grace_seconds: r.get("misfire_grace_seconds"),
+                catchup: r.get("catchup"),
+                overlap: r.get("overlap"),
+                next_run_at: finite(r, "next_run_at"),
+                created_at: r.get("created_at"),
+                updated_at: r.get("updated_at"),
             },
-            schedule_anchor: r.get(22),
-            materialized_until: finite(r, 23),
+            schedule_anchor: r.get("schedule_anchor"),
+            materialized_until: finite(r, "materialized_until"),
         }
     }
 }
 
 /// A timestamptz that may be `infinity` (which chrono cannot represent): such values read as None.
-fn finite(r: &Row, idx: usize) -> Option<DateTime<Utc>> {
-    r.try_get::<_, Option<DateTime<Utc>>>(idx).ok().flatten()
+fn finite(r: &Row, column: &str) -> Option<DateTime<Utc>> {
+    r.try_get::<_, Option<DateTime<Utc>>>(column).ok().flatten()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use orrery::clock::Clock;
 use orrery::schedule::TopicPattern;
+use orrery::store::work::Delivery;
 use orrery::streams::{Redis, EVENTS};
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
@@ -29,17 +30,6 @@ pub struct Event {
 
 fn field(entry: &StreamId, name: &str) -> Option<String> {
     entry.get::<String>(name)
-}
-
-/// An active event task, as the delivery needs it.
-struct EventTask {
-    id: Uuid,
-    pattern: Option<TopicPattern>,
-    priority: i16,
-    concurrency_key: Option<String>,
-    overlap: String,
-    catchup: String,
-    grace: i32,
 }
 
 pub fn parse_entry(entry: &StreamId) -> Option<Event> {
@@ -71,24 +61,20 @@ pub async fn deliver(pool: &Pool, events: &[Event], clock: &Clock) -> anyhow::Re
     let tx = client.transaction().await?;
     let tasks = tx
         .query(
-            "SELECT id, schedule_expr, priority, concurrency_key, overlap, catchup, misfire_grace_seconds
-               FROM task WHERE status = 'active' AND schedule_kind = 'event'",
+            "SELECT id, schedule_expr FROM task WHERE status = 'active' AND schedule_kind = 'event'",
             &[],
         )
         .await?;
-    let patterns: Vec<EventTask> = tasks
+    let patterns: Vec<(Uuid, Option<TopicPattern>)> = tasks
         .iter()
-        .map(|r| EventTask {
-            id: r.get(0),
-            pattern: TopicPattern::parse(r.get::<_, &str>(1)).ok(),
-            priority: r.get(2),
-            concurrency_key: r.get(3),
-            overlap: r.get(4),
-            catchup: r.get(5),
-            grace: r.get(6),
+        .map(|r| {
+            (
+                r.get("id"),
+                TopicPattern::parse(r.get::<_, &str>("schedule_expr")).ok(),
+            )
         })
         .collect();
-    let mut created = 0u64;
+    let mut deliveries = Vec::new();
     for ev in events {
         let event_json = json!({
             "id": ev.event_id,
@@ -97,39 +83,18 @@ pub async fn deliver(pool: &Pool, events: &[Event], clock: &Clock) -> anyhow::Re
             "published_at": ev.published_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             "stream_id": ev.stream_id,
         });
-        for task in &patterns {
-            if !task.pattern.as_ref().is_some_and(|p| p.matches(&ev.topic)) {
-                continue;
+        for (task_id, pattern) in &patterns {
+            if pattern.as_ref().is_some_and(|p| p.matches(&ev.topic)) {
+                deliveries.push(Delivery {
+                    task_id: *task_id,
+                    event_id: ev.event_id.clone(),
+                    event: event_json.clone(),
+                    published_at: ev.published_at,
+                });
             }
-            let key = task
-                .concurrency_key
-                .clone()
-                .or_else(|| (task.overlap != "allow").then(|| format!("task:{}", task.id)));
-            created += tx
-                .execute(
-                    "WITH first AS (
-                         INSERT INTO event_delivery (task_id, event_id) VALUES ($1, $2)
-                         ON CONFLICT DO NOTHING RETURNING task_id)
-                     INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                                           misfire_grace_seconds, trigger, event_id, event)
-                     SELECT $1, t, t, $3, $4, $5, $6, $7, 'event', $2, $8
-                       FROM first, coalesce($9::timestamptz, $10::timestamptz, now()) AS t",
-                    &[
-                        &task.id,
-                        &ev.event_id,
-                        &task.priority,
-                        &key,
-                        &task.overlap,
-                        &task.catchup,
-                        &task.grace,
-                        &event_json,
-                        &ev.published_at,
-                        &clock.param(),
-                    ],
-                )
-                .await?;
         }
     }
+    let created = orrery::store::work::deliver(&tx, &deliveries, clock).await?;
     // Delivered: the relay never publishes these again.
     let event_ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     tx.execute(

@@ -12,9 +12,9 @@ use std::sync::Mutex;
 use chrono::{DateTime, Duration, Utc};
 use deadpool_postgres::Pool;
 use orrery::clock::Clock;
-use orrery::lifecycle::{Action, PendingWork};
-use orrery::model::{Catchup, Overlap, CATCHUP_ALL_LIMIT, SYSTEM_AGENT_ID};
+use orrery::model::{Catchup, Trigger, CATCHUP_ALL_LIMIT};
 use orrery::schedule::{parse_timezone, Schedule, ScheduleKind};
+use orrery::store::work::{self, NewWork, Ready};
 use uuid::Uuid;
 
 /// More overdue fires than this in one catch-up are not enumerated one by one: the cursor jumps.
@@ -201,8 +201,7 @@ impl Materializer {
         let stmt = tx
             .prepare_cached(
                 "SELECT id, schedule_kind, schedule_expr, timezone, schedule_anchor,
-                        coalesce(materialized_until, created_at), priority, concurrency_key, overlap, catchup,
-                        misfire_grace_seconds
+                        coalesce(materialized_until, created_at) AS cursor, catchup, misfire_grace_seconds
                    FROM task
                   WHERE status = 'active' AND schedule_kind <> 'event'
                     AND (next_fire_at IS NULL OR next_fire_at <= $1)
@@ -221,26 +220,21 @@ impl Materializer {
             return Ok(stats);
         }
 
-        // Columns of the due_work insert, the cursor update and the misfire records.
-        let (mut w_task, mut w_run, mut w_ready, mut w_prio, mut w_key) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        let (mut w_overlap, mut w_catchup, mut w_grace) = (vec![], vec![], vec![]);
+        // The work to enqueue, and the columns of the cursor update and the misfire records.
+        let mut work: Vec<NewWork> = Vec::new();
         let (mut u_id, mut u_until, mut u_next, mut u_exhausted, mut u_run) =
             (vec![], vec![], vec![], vec![], vec![]);
         let (mut m_task, mut m_at, mut m_msg) = (vec![], vec![], vec![]);
 
         for row in &rows {
-            let id: Uuid = row.get(0);
-            let kind: String = row.get(1);
-            let expr: String = row.get(2);
-            let tz: String = row.get(3);
-            let anchor: DateTime<Utc> = row.get(4);
-            let cursor: DateTime<Utc> = row.get(5);
-            let priority: i16 = row.get(6);
-            let concurrency_key: Option<String> = row.get(7);
-            let overlap: String = row.get(8);
-            let catchup: String = row.get(9);
-            let grace: i32 = row.get(10);
+            let id: Uuid = row.get("id");
+            let kind: String = row.get("schedule_kind");
+            let expr: String = row.get("schedule_expr");
+            let tz: String = row.get("timezone");
+            let anchor: DateTime<Utc> = row.get("schedule_anchor");
+            let cursor: DateTime<Utc> = row.get("cursor");
+            let catchup: String = row.get("catchup");
+            let grace: i32 = row.get("misfire_grace_seconds");
 
             let schedule = match self.schedule_for(id, &kind, &expr, &tz, anchor) {
                 Ok(s) => s,
@@ -264,19 +258,12 @@ impl Materializer {
                 Duration::seconds(grace.max(0) as i64),
                 catchup_policy,
             );
-            let key = concurrency_key.or_else(|| {
-                (overlap.parse::<Overlap>().ok() != Some(Overlap::Allow))
-                    .then(|| format!("task:{id}"))
-            });
             for (run_at, ready_at) in &p.fires {
-                w_task.push(id);
-                w_run.push(*run_at);
-                w_ready.push(*ready_at);
-                w_prio.push(priority);
-                w_key.push(key.clone());
-                w_overlap.push(overlap.clone());
-                w_catchup.push(catchup.clone());
-                w_grace.push(grace);
+                work.push(
+                    NewWork::new(id, Trigger::Schedule)
+                        .at(*run_at)
+                        .ready(Ready::At(*ready_at)),
+                );
                 stats.earliest = Some(
                     stats
                         .earliest
@@ -308,27 +295,7 @@ impl Materializer {
             u_run.push(p.fires.first().map(|f| f.0).or(p.next_fire));
         }
 
-        if !w_task.is_empty() {
-            let insert = tx
-                .prepare_cached(
-                    "INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                                           misfire_grace_seconds, trigger)
-                     SELECT t, r, rd, p, k, o, c, g, 'schedule'
-                       FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::int2[], $5::text[],
-                                   $6::text[], $7::text[], $8::int4[]) AS u(t, r, rd, p, k, o, c, g)
-                     ON CONFLICT (task_id, run_at) WHERE trigger = 'schedule' DO NOTHING",
-                )
-                .await?;
-            stats.fires = tx
-                .execute(
-                    &insert,
-                    &[
-                        &w_task, &w_run, &w_ready, &w_prio, &w_key, &w_overlap, &w_catchup,
-                        &w_grace,
-                    ],
-                )
-                .await?;
-        }
+        stats.fires = work::enqueue(&tx, &work, &self.clock).await?.len() as u64;
         if !m_task.is_empty() {
             tx.execute(
                 "INSERT INTO task_run (task_id, attempt, trigger, scheduled_for, finished_at, success, error, error_kind)
@@ -382,38 +349,7 @@ impl Materializer {
     /// of theirs is left.
     pub async fn complete_exhausted(&self) -> anyhow::Result<Vec<Uuid>> {
         let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached(
-                "WITH done AS (
-                     UPDATE task t SET status = $3, updated_at = coalesce($1::timestamptz, now())
-                      WHERE t.status = ANY($4) AND t.next_fire_at = 'infinity' AND t.schedule_kind <> 'event'
-                        AND NOT EXISTS (SELECT 1 FROM due_work d WHERE d.task_id = t.id AND d.state = 'pending')
-                     RETURNING t.id)
-                 INSERT INTO audit_log (actor, action, subject_type, subject_id, details)
-                 SELECT $2::uuid, $5, 'task', id::text, '{\"by\": \"scheduler\"}'::jsonb FROM done
-                 RETURNING subject_id",
-            )
-            .await?;
-        // The lifecycle state machine decides which statuses complete and into what.
-        let complete = Action::Complete;
-        let sources: Vec<&str> = complete.sources().iter().map(|s| s.as_str()).collect();
-        debug_assert_eq!(complete.work(), PendingWork::Keep);
-        let rows = client
-            .query(
-                &stmt,
-                &[
-                    &self.clock.param(),
-                    &SYSTEM_AGENT_ID,
-                    &complete.target().as_str(),
-                    &sources,
-                    &complete.audit_action(),
-                ],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| r.get::<_, String>(0).parse().ok())
-            .collect())
+        Ok(orrery::store::tasks::complete_exhausted(&client, &self.clock).await?)
     }
 }
 

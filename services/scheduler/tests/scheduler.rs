@@ -587,3 +587,70 @@ async fn with_redis_down_time_based_scheduling_continues_and_events_resume_when_
     .await;
     assert_eq!(rows[0].1["payload"]["c"], 21);
 }
+
+#[tokio::test]
+async fn enqueue_copies_the_tasks_policies_and_derives_the_concurrency_key_once() {
+    use orrery::model::Trigger;
+    use orrery::store::work::{enqueue, NewWork, Ready};
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let pool = db.pool();
+    let client = pool.get().await.unwrap();
+    let serial = insert_task(&c, "cron", "0 0 1 1 *", "").await;
+    c.execute(
+        "UPDATE task SET overlap = 'skip', priority = 7, catchup = 'all', misfire_grace_seconds = 90 WHERE id = $1",
+        &[&serial],
+    )
+    .await
+    .unwrap();
+    let keyed = insert_task(&c, "cron", "0 0 1 1 *", "").await;
+    c.execute(
+        "UPDATE task SET concurrency_key = 'reports' WHERE id = $1",
+        &[&keyed],
+    )
+    .await
+    .unwrap();
+    let free = insert_task(&c, "cron", "0 0 1 1 *", "").await;
+    let at: DateTime<Utc> = "2030-01-01T00:00:00Z".parse().unwrap();
+    let later = at + chrono::Duration::seconds(30);
+    let work = [
+        NewWork::new(serial, Trigger::Schedule).at(at),
+        NewWork::new(keyed, Trigger::Schedule)
+            .at(at)
+            .ready(Ready::At(later)),
+        NewWork::new(free, Trigger::Manual),
+        // The same fire again: left out, not an error.
+        NewWork::new(serial, Trigger::Schedule).at(at),
+    ];
+    let created = enqueue(&client, &work, &Clock::Database).await.unwrap();
+    assert_eq!(created.len(), 3, "{created:?}");
+    let rows = c
+        .query(
+            "SELECT task_id, priority, concurrency_key, overlap, catchup, misfire_grace_seconds, ready_at, run_at
+               FROM due_work ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let key = |i: usize| rows[i].get::<_, Option<String>>("concurrency_key");
+    assert_eq!(
+        key(0),
+        Some(format!("task:{serial}")),
+        "overlap skip serializes the task"
+    );
+    assert_eq!(rows[0].get::<_, i16>("priority"), 7);
+    assert_eq!(rows[0].get::<_, String>("catchup"), "all");
+    assert_eq!(rows[0].get::<_, i32>("misfire_grace_seconds"), 90);
+    assert_eq!(rows[0].get::<_, DateTime<Utc>>("ready_at"), at);
+    assert_eq!(
+        key(1).as_deref(),
+        Some("reports"),
+        "the task's own key wins"
+    );
+    assert_eq!(rows[1].get::<_, DateTime<Utc>>("ready_at"), later);
+    assert_eq!(key(2), None, "overlap allow without a key: none");
+    assert_eq!(
+        rows[2].get::<_, DateTime<Utc>>("run_at"),
+        rows[2].get::<_, DateTime<Utc>>("ready_at")
+    );
+}

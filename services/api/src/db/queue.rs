@@ -79,38 +79,6 @@ pub async fn list_dead(c: &impl Db, page: Page) -> Result<(Vec<DeadWork>, i64), 
     Ok((rows.iter().map(DeadWork::from_row).collect(), total))
 }
 
-/// The dead row (locked) and its task's status.
-pub async fn lock_dead(c: &impl Db, id: i64) -> Result<Option<(uuid::Uuid, String)>, Error> {
-    let st = c
-        .prepare_cached(
-            "SELECT d.task_id, t.status FROM due_work d JOIN task t ON t.id = d.task_id
-              WHERE d.id = $1 AND d.state = 'dead' FOR UPDATE OF d",
-        )
-        .await?;
-    Ok(c.query_opt(&st, &[&id])
-        .await?
-        .map(|r| (r.get(0), r.get(1))))
-}
-
-/// Puts a dead row back in the queue: pending, attempt 0, due now, unleased.
-pub async fn replay_dead(c: &impl Db, id: i64) -> Result<u64, Error> {
-    let st = c
-        .prepare_cached(
-            "UPDATE due_work SET state = 'pending', attempt = 0, ready_at = now(), locked_by = NULL,
-                    locked_until = NULL, dead_at = NULL
-              WHERE id = $1 AND state = 'dead'",
-        )
-        .await?;
-    c.execute(&st, &[&id]).await
-}
-
-pub async fn delete_dead(c: &impl Db, id: i64) -> Result<Option<uuid::Uuid>, Error> {
-    let st = c
-        .prepare_cached("DELETE FROM due_work WHERE id = $1 AND state = 'dead' RETURNING task_id")
-        .await?;
-    Ok(c.query_opt(&st, &[&id]).await?.map(|r| r.get(0)))
-}
-
 pub async fn workers(c: &impl Db) -> Result<Vec<Worker>, Error> {
     let st = c
         .prepare_cached(

@@ -59,7 +59,7 @@ pub async fn replay(
     let id = path_i64(&path, "id")?;
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
-    let (task_id, status) = db::queue::lock_dead(&tx, id)
+    let (task_id, status) = orrery::store::work::lock_dead(&tx, id)
         .await?
         .ok_or_else(|| ApiError::not_found("Dead work", id))?;
     // Replay re-runs one fire that already happened, so it makes sense while the task is active and after its
@@ -79,7 +79,7 @@ pub async fn replay(
             details: Some(json!({"task_id": task_id, "status": status})),
         });
     }
-    db::queue::replay_dead(&tx, id).await?;
+    orrery::store::work::replay_dead(&tx, id, &state.clock).await?;
     db::audit(
         &tx,
         caller.agent_id,
@@ -107,7 +107,7 @@ pub async fn delete_dead(
     let id = path_i64(&path, "id")?;
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
-    let task_id = db::queue::delete_dead(&tx, id)
+    let task_id = orrery::store::work::delete_dead(&tx, id)
         .await?
         .ok_or_else(|| ApiError::not_found("Dead work", id))?;
     db::audit(

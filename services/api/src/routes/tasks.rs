@@ -3,8 +3,12 @@
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Duration, Utc};
 use orrery::lifecycle::{Action, Outcome, PendingWork};
-use orrery::model::{BackoffStrategy, Catchup, Overlap, Scope, TaskStatus};
+use orrery::model::{BackoffStrategy, Catchup, Overlap, Scope, TaskStatus, Trigger};
 use orrery::schedule::{Schedule, ScheduleKind};
+use orrery::store::{
+    self,
+    work::{self, NewWork, Ready},
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
@@ -709,7 +713,7 @@ pub async fn patch(
         return Ok(HttpResponse::NoContent().finish());
     }
     if schedule_changed {
-        db::tasks::delete_unleased_work(&tx, id, true).await?;
+        work::remove_unleased(&tx, id, true, &state.clock).await?;
     }
     let updated = match db::tasks::update(&tx, id, &values, cursor).await {
         Ok(row) => row.task,
@@ -719,7 +723,7 @@ pub async fn patch(
         }
         Err(e) => return Err(e.into()),
     };
-    db::tasks::restamp_pending_work(&tx, &updated).await?;
+    work::restamp_pending(&tx, id, &state.clock).await?;
     db::audit(
         &tx,
         caller.agent_id,
@@ -854,11 +858,11 @@ async fn transition(
             })
         }
     };
-    let updated = match work {
+    match work {
         PendingWork::RemoveUnleased => {
-            let removed = db::tasks::delete_unleased_work(&tx, id, false).await?;
+            let removed = work::remove_unleased(&tx, id, false, &state.clock).await?;
             tracing::debug!(task_id = %id, removed, "unleased work removed");
-            db::tasks::set_status(&tx, id, to.as_str(), None, None).await?
+            store::tasks::set_status(&tx, id, to, None, None, &state.clock).await?;
         }
         PendingWork::RestartFromNow => {
             let now = db::now(&tx, &state.clock).await?;
@@ -880,10 +884,15 @@ async fn transition(
             })?;
             let next = validation::next_fire_after(&schedule, now);
             // No backlog burst: the scheduler materializes from now on.
-            db::tasks::set_status(&tx, id, to.as_str(), Some(now), next).await?
+            store::tasks::set_status(&tx, id, to, Some(now), next, &state.clock).await?;
         }
-        PendingWork::Keep => db::tasks::set_status(&tx, id, to.as_str(), None, None).await?,
-    };
+        PendingWork::Keep => {
+            store::tasks::set_status(&tx, id, to, None, None, &state.clock).await?;
+        }
+    }
+    let updated = db::tasks::get(&tx, id, None)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Task", id))?;
     db::audit(
         &tx,
         caller.agent_id,
@@ -970,8 +979,15 @@ pub async fn run_now(
             details: Some(json!({"status": row.task.status})),
         });
     }
-    let (due_work_id, run_at) =
-        db::tasks::insert_manual_work(&tx, &row.task, params.as_ref()).await?;
+    let manual = NewWork {
+        params: params.clone(),
+        ..NewWork::new(id, Trigger::Manual)
+    };
+    let enqueued = work::enqueue(&tx, &[manual], &state.clock)
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::not_found("Task", id))?;
+    let (due_work_id, run_at) = (enqueued.id, enqueued.run_at);
     db::audit(
         &tx,
         caller.agent_id,
@@ -1022,37 +1038,42 @@ pub async fn snooze(
             details: Some(json!({"status": row.task.status})),
         });
     }
-    let (due_work_id, run_at, ready_at, task) = match db::tasks::next_unleased_work(&tx, id).await?
-    {
-        Some((wid, run_at, _)) => {
-            let ready_at = db::tasks::delay_work(&tx, wid, delay).await?;
-            (wid, run_at, ready_at, row.task)
-        }
-        None => {
-            let now = db::now(&tx, &state.clock).await?;
-            let schedule = validation::parse_schedule(
-                &row.task.schedule_kind,
-                &row.task.schedule_expr,
-                &row.task.timezone,
-                row.schedule_anchor,
-            )
-            .map_err(|_| ApiError::conflict(format!("Task {id} has no schedule to snooze")))?;
-            let after = row.materialized_until.unwrap_or(now);
-            let fire = validation::next_fire_after(&schedule, after).ok_or_else(|| {
-                ApiError::conflict(format!("Task {id} has no upcoming fire to snooze"))
-            })?;
-            let ready_at = fire + Duration::seconds(delay as i64);
-            let wid = db::tasks::insert_scheduled_work(&tx, &row.task, fire, ready_at)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::conflict(format!(
-                        "the next fire of Task {id} is being materialized; retry"
-                    ))
+    let (due_work_id, run_at, ready_at, task) =
+        match work::next_unleased_fire(&tx, id, &state.clock).await? {
+            Some(fire) => {
+                let ready_at = work::delay(&tx, fire.id, delay).await?;
+                (fire.id, fire.run_at, ready_at, row.task)
+            }
+            None => {
+                let now = db::now(&tx, &state.clock).await?;
+                let schedule = validation::parse_schedule(
+                    &row.task.schedule_kind,
+                    &row.task.schedule_expr,
+                    &row.task.timezone,
+                    row.schedule_anchor,
+                )
+                .map_err(|_| ApiError::conflict(format!("Task {id} has no schedule to snooze")))?;
+                let after = row.materialized_until.unwrap_or(now);
+                let fire = validation::next_fire_after(&schedule, after).ok_or_else(|| {
+                    ApiError::conflict(format!("Task {id} has no upcoming fire to snooze"))
                 })?;
-            let updated = db::tasks::set_materialized_until(&tx, id, fire, Some(fire)).await?;
-            (wid, fire, ready_at, updated.task)
-        }
-    };
+                let ready_at = fire + Duration::seconds(delay as i64);
+                let snoozed = NewWork::new(id, Trigger::Schedule)
+                    .at(fire)
+                    .ready(Ready::At(ready_at));
+                let wid = work::enqueue(&tx, &[snoozed], &state.clock)
+                    .await?
+                    .pop()
+                    .map(|e| e.id)
+                    .ok_or_else(|| {
+                        ApiError::conflict(format!(
+                            "the next fire of Task {id} is being materialized; retry"
+                        ))
+                    })?;
+                let updated = db::tasks::set_materialized_until(&tx, id, fire, Some(fire)).await?;
+                (wid, fire, ready_at, updated.task)
+            }
+        };
     db::audit(
         &tx,
         caller.agent_id,
@@ -1211,8 +1232,8 @@ pub async fn backfill(
     let created = if fires.is_empty() {
         Vec::new()
     } else {
-        db::tasks::lock_scheduled_work_between(&tx, id, fires[0], fires[fires.len() - 1]).await?;
-        db::tasks::insert_backfill(&tx, &row.task, &fires).await?
+        work::lock_scheduled_between(&tx, id, fires[0], fires[fires.len() - 1]).await?;
+        work::backfill(&tx, id, &fires, &state.clock).await?
     };
     let report = BackfillReport {
         task_id: id,

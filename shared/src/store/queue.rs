@@ -103,8 +103,8 @@ macro_rules! claim_answer {
     () => {
         r#"SELECT c.id, c.task_id, c.run_at, c.ready_at, c.priority, c.concurrency_key, c.trigger, c.attempt,
        c.fencing_token, c.event_id, c.event, c.params,
-       t.title, t.payload, t.timeout_seconds, t.max_retries, t.backoff_strategy,
-       coalesce($4::timestamptz, clock_timestamp()), "#
+       t.title AS task_title, t.payload AS task_payload, t.timeout_seconds, t.max_retries, t.backoff_strategy,
+       coalesce($4::timestamptz, clock_timestamp()) AS claimed_at, "#
     };
 }
 
@@ -269,7 +269,11 @@ pub async fn claim_batch(
     let rows = client
         .query(&fast, &[&worker_id, &lease_seconds, &limit, &clock])
         .await?;
-    if rows.first().map(|r| r.get::<_, bool>(19)).unwrap_or(true) {
+    if rows
+        .first()
+        .map(|r| r.get::<_, bool>("simple"))
+        .unwrap_or(true)
+    {
         return Ok(outcome(&rows));
     }
     let stmt = client.prepare_cached(CLAIM_SQL).await?;
@@ -285,29 +289,32 @@ pub async fn claim_batch(
 
 /// Reads the answer of either claim statement (same leading columns).
 fn outcome(rows: &[tokio_postgres::Row]) -> ClaimOutcome {
-    let examined = rows.first().map(|r| r.get::<_, i64>(18)).unwrap_or(0);
+    let examined = rows
+        .first()
+        .map(|r| r.get::<_, i64>("examined"))
+        .unwrap_or(0);
     let claimed = rows
         .iter()
-        .filter(|r| r.get::<_, Option<i64>>(0).is_some())
+        .filter(|r| r.get::<_, Option<i64>>("id").is_some())
         .map(|r| ClaimedWork {
-            id: r.get(0),
-            task_id: r.get(1),
-            run_at: r.get(2),
-            ready_at: r.get(3),
-            priority: r.get(4),
-            concurrency_key: r.get(5),
-            trigger: r.get(6),
-            attempt: r.get(7),
-            fencing_token: r.get(8),
-            event_id: r.get(9),
-            event: r.get(10),
-            params: r.get(11),
-            task_title: r.get(12),
-            task_payload: r.get(13),
-            timeout_seconds: r.get(14),
-            max_retries: r.get(15),
-            backoff_strategy: r.get(16),
-            claimed_at: r.get(17),
+            id: r.get("id"),
+            task_id: r.get("task_id"),
+            run_at: r.get("run_at"),
+            ready_at: r.get("ready_at"),
+            priority: r.get("priority"),
+            concurrency_key: r.get("concurrency_key"),
+            trigger: r.get("trigger"),
+            attempt: r.get("attempt"),
+            fencing_token: r.get("fencing_token"),
+            event_id: r.get("event_id"),
+            event: r.get("event"),
+            params: r.get("params"),
+            task_title: r.get("task_title"),
+            task_payload: r.get("task_payload"),
+            timeout_seconds: r.get("timeout_seconds"),
+            max_retries: r.get("max_retries"),
+            backoff_strategy: r.get("backoff_strategy"),
+            claimed_at: r.get("claimed_at"),
         })
         .collect();
     ClaimOutcome { claimed, examined }
@@ -435,7 +442,7 @@ pub async fn complete_batch(
             ],
         )
         .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(rows.iter().map(|r| r.get("id")).collect())
 }
 
 /// Extends the leases (and concurrency slots) of rows this worker still holds. Returns the ids renewed; a
@@ -475,7 +482,7 @@ pub async fn renew_leases(
     let rows = client
         .query(&stmt, &[&clock, &worker_id, &lease_seconds, &ids, &fencing])
         .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(rows.iter().map(|r| r.get("id")).collect())
 }
 
 /// Gives back prefetched rows that never started (shutdown): lease cleared, the attempt returned.
@@ -506,7 +513,7 @@ pub async fn release_unstarted(
     let ids: Vec<i64> = held.iter().map(|h| h.0).collect();
     let fencing: Vec<i64> = held.iter().map(|h| h.1).collect();
     let rows = client.query(&stmt, &[&ids, &fencing]).await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(rows.iter().map(|r| r.get("id")).collect())
 }
 
 /// Seconds until the next future `ready_at` (one index probe per priority of the claim index), NULL when
@@ -521,7 +528,7 @@ SELECT extract(epoch FROM (
                      WHERE d.state = 'pending' AND d.priority = p.priority
                        AND d.ready_at > (SELECT now FROM clock)
                      ORDER BY d.ready_at LIMIT 1) n
-) - (SELECT now FROM clock))::float8
+) - (SELECT now FROM clock))::float8 AS seconds
 "#;
 
 pub async fn seconds_until_next_wake(
@@ -530,7 +537,7 @@ pub async fn seconds_until_next_wake(
 ) -> Result<Option<f64>, tokio_postgres::Error> {
     let stmt = client.prepare_cached(NEXT_WAKE_SQL).await?;
     let row = client.query_one(&stmt, &[&clock]).await?;
-    Ok(row.get(0))
+    Ok(row.get("seconds"))
 }
 
 /// The worker's heartbeat row (one per worker process, so workers never contend on one row).

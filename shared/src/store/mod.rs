@@ -1,0 +1,21 @@
+//! The storage seam: every statement that writes `due_work`, `task_run`, `event_delivery` and the task
+//! lifecycle lives below this module, so the data model's rules are written once.
+//!
+//! - [`work`]: `enqueue` (the one place that copies a task's policies onto its work and derives the implicit
+//!   concurrency key), restamping, removal of unleased work (pause, cancel, schedule edits), snooze, backfill,
+//!   event delivery, and the dead-letter actions (replay, delete).
+//! - [`queue`]: the worker's side: claim, complete, reschedule, dead, lease renewal, release, heartbeat.
+//! - [`tasks`]: task lifecycle writes (status, cursor) and the scheduler's completion.
+//!
+//! Every function takes any client or transaction (`GenericClient`), binds the injected clock
+//! (`coalesce($n::timestamptz, now())`), and maps rows by column name.
+
+pub mod queue;
+pub mod tasks;
+pub mod work;
+
+/// The implicit concurrency key of a task's work, as SQL over the task row aliased `t`: the task's own key, or
+/// `task:<id>` when its overlap policy is not `allow` (so the claim serializes the task's runs). Written here
+/// only; `enqueue` and `work::restamp_pending` use it.
+pub const TASK_CONCURRENCY_KEY: &str =
+    "coalesce(t.concurrency_key, CASE WHEN t.overlap <> 'allow' THEN 'task:' || t.id::text END)";
