@@ -34,6 +34,22 @@ macro_rules! string_enum {
             }
         }
 
+        /// Read straight from a text column: a spelling the enum does not know is a row-mapping error
+        /// naming the value, never a silent default.
+        impl<'a> tokio_postgres::types::FromSql<'a> for $name {
+            fn from_sql(
+                ty: &tokio_postgres::types::Type,
+                raw: &'a [u8],
+            ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+                let text = <&str as tokio_postgres::types::FromSql>::from_sql(ty, raw)?;
+                Ok(text.parse::<$name>().map_err(|e| format!("{}: {e}", stringify!($name)))?)
+            }
+
+            fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+                <&str as tokio_postgres::types::FromSql>::accepts(ty)
+            }
+        }
+
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.as_str())
@@ -56,6 +72,10 @@ string_enum!(
     Overlap { Allow => "allow", Skip => "skip", Queue => "queue" }
 );
 string_enum!(Trigger { Schedule => "schedule", Manual => "manual", Event => "event", Retry => "retry" });
+string_enum!(
+    /// A worker process's lifecycle, as its `worker_heartbeat.state` says.
+    WorkerState { Starting => "starting", Running => "running", Draining => "draining", Stopped => "stopped" }
+);
 string_enum!(Scope {
     Admin => "admin",
     TasksRead => "tasks:read",
@@ -122,6 +142,20 @@ mod tests {
             backoff_delay(BackoffStrategy::ExponentialJitter, 30, 1.0, 60.0, 1.0),
             60.0
         );
+    }
+
+    #[test]
+    fn a_stored_spelling_the_enum_does_not_know_is_an_error_not_a_default() {
+        use tokio_postgres::types::{FromSql, Type};
+        assert_eq!(
+            BackoffStrategy::from_sql(&Type::TEXT, b"linear").unwrap(),
+            BackoffStrategy::Linear
+        );
+        let e = BackoffStrategy::from_sql(&Type::TEXT, b"sometimes").unwrap_err();
+        assert!(e.to_string().contains("BackoffStrategy"), "{e}");
+        assert!(Trigger::from_sql(&Type::TEXT, b"cron").is_err());
+        assert!(WorkerState::from_sql(&Type::TEXT, b"sleeping").is_err());
+        assert!(<Catchup as FromSql>::accepts(&Type::TEXT));
     }
 
     #[test]

@@ -233,7 +233,7 @@ impl Materializer {
             let tz: String = row.get("timezone");
             let anchor: DateTime<Utc> = row.get("schedule_anchor");
             let cursor: DateTime<Utc> = row.get("cursor");
-            let catchup: String = row.get("catchup");
+            let catchup: Catchup = row.try_get("catchup")?;
             let grace: i32 = row.get("misfire_grace_seconds");
 
             let schedule = match self.schedule_for(id, &kind, &expr, &tz, anchor) {
@@ -249,14 +249,13 @@ impl Materializer {
                     continue;
                 }
             };
-            let catchup_policy: Catchup = catchup.parse().unwrap_or(Catchup::Skip);
             let p = plan(
                 &schedule,
                 cursor,
                 now,
                 horizon,
                 Duration::seconds(grace.max(0) as i64),
-                catchup_policy,
+                catchup,
             );
             for (run_at, ready_at) in &p.fires {
                 work.push(

@@ -196,7 +196,7 @@ fn settle(
                 &failure,
                 work.attempt,
                 work.max_retries,
-                &work.backoff_strategy,
+                work.backoff_strategy,
                 runner.backoff_base,
                 runner.backoff_max,
                 rand::random::<f64>(),
@@ -235,15 +235,12 @@ pub fn decide(
     failure: &RunFailure,
     attempt: i32,
     max_retries: i16,
-    strategy: &str,
+    strategy: BackoffStrategy,
     base: f64,
     max: f64,
     jitter: f64,
 ) -> Settlement {
     if failure.is_retryable() && attempt <= max_retries as i32 {
-        let strategy: BackoffStrategy = strategy
-            .parse()
-            .unwrap_or(BackoffStrategy::ExponentialJitter);
         Settlement::Retry {
             delay_seconds: backoff_delay(strategy, attempt.max(1) as u32, base, max, jitter),
         }
@@ -268,27 +265,44 @@ mod tests {
     fn retryable_failures_retry_until_max_retries_then_die() {
         let f = failure(ErrorKind::Retryable);
         assert_eq!(
-            decide(&f, 1, 3, "linear", 1.0, 60.0, 0.0),
+            decide(&f, 1, 3, BackoffStrategy::Linear, 1.0, 60.0, 0.0),
             Settlement::Retry { delay_seconds: 1.0 }
         );
         assert_eq!(
-            decide(&f, 3, 3, "linear", 1.0, 60.0, 0.0),
+            decide(&f, 3, 3, BackoffStrategy::Linear, 1.0, 60.0, 0.0),
             Settlement::Retry { delay_seconds: 3.0 }
         );
-        assert_eq!(decide(&f, 4, 3, "linear", 1.0, 60.0, 0.0), Settlement::Dead);
-        assert_eq!(decide(&f, 1, 0, "fixed", 1.0, 60.0, 0.0), Settlement::Dead);
+        assert_eq!(
+            decide(&f, 4, 3, BackoffStrategy::Linear, 1.0, 60.0, 0.0),
+            Settlement::Dead
+        );
+        assert_eq!(
+            decide(&f, 1, 0, BackoffStrategy::Fixed, 1.0, 60.0, 0.0),
+            Settlement::Dead
+        );
     }
 
     #[test]
     fn permanent_failures_die_at_once() {
         let f = failure(ErrorKind::Permanent);
-        assert_eq!(decide(&f, 1, 10, "fixed", 1.0, 60.0, 0.0), Settlement::Dead);
+        assert_eq!(
+            decide(&f, 1, 10, BackoffStrategy::Fixed, 1.0, 60.0, 0.0),
+            Settlement::Dead
+        );
     }
 
     #[test]
     fn exponential_backoff_doubles_and_is_capped() {
         let f = failure(ErrorKind::Retryable);
-        let d = |attempt| match decide(&f, attempt, 10, "exponential_jitter", 1.0, 5.0, 1.0) {
+        let d = |attempt| match decide(
+            &f,
+            attempt,
+            10,
+            BackoffStrategy::ExponentialJitter,
+            1.0,
+            5.0,
+            1.0,
+        ) {
             Settlement::Retry { delay_seconds } => delay_seconds,
             other => panic!("{other:?}"),
         };

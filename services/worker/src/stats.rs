@@ -1,6 +1,7 @@
 //! What the worker reports about itself (heartbeat row, shutdown log, the claimer's pace): counters of
 //! finished attempts, runs in flight, and the lifecycle state.
 
+use orrery::model::WorkerState;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +15,7 @@ struct Inner {
     failed: AtomicI64,
     running: AtomicI32,
     stopping: AtomicBool,
-    state: Mutex<&'static str>,
+    state: Mutex<WorkerState>,
 }
 
 impl Default for Stats {
@@ -25,7 +26,7 @@ impl Default for Stats {
                 failed: AtomicI64::new(0),
                 running: AtomicI32::new(0),
                 stopping: AtomicBool::new(false),
-                state: Mutex::new("starting"),
+                state: Mutex::new(WorkerState::Starting),
             }),
         }
     }
@@ -69,11 +70,11 @@ impl Stats {
         self.inner.stopping.store(true, Ordering::SeqCst);
     }
 
-    pub fn set_state(&self, state: &'static str) {
+    pub fn set_state(&self, state: WorkerState) {
         *self.inner.state.lock().expect("state lock") = state;
     }
 
-    pub fn state(&self) -> &'static str {
+    pub fn state(&self) -> WorkerState {
         *self.inner.state.lock().expect("state lock")
     }
 }

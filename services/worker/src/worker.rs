@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use orrery::model::WorkerState;
 use orrery::runtime::Context;
 use tokio::sync::{mpsc, watch};
 
@@ -127,7 +128,7 @@ impl Worker {
         drop(done_tx);
         drop(runner);
 
-        stats.set_state("running");
+        stats.set_state(WorkerState::Running);
         crate::heartbeat::beat(&hb).await;
         tracing::info!(worker_id = %worker_id, "worker running");
 
@@ -143,7 +144,7 @@ impl Worker {
 
         let draining_since = Instant::now();
         stats.stop_starting();
-        stats.set_state("draining");
+        stats.set_state(WorkerState::Draining);
         tracing::info!(
             running = stats.running(),
             held = held.count(),
@@ -167,7 +168,7 @@ impl Worker {
         renewer.abort();
         wakeup.abort();
         heartbeat.abort();
-        stats.set_state("stopped");
+        stats.set_state(WorkerState::Stopped);
         crate::heartbeat::beat(&hb).await;
         events.close(Duration::from_secs(1)).await;
         tracing::info!(

@@ -24,7 +24,7 @@ pub struct ClaimedWork {
     pub ready_at: DateTime<Utc>,
     pub priority: i16,
     pub concurrency_key: Option<String>,
-    pub trigger: String,
+    pub trigger: crate::model::Trigger,
     /// The attempt this claim starts (already incremented and persisted).
     pub attempt: i32,
     pub fencing_token: i64,
@@ -35,7 +35,7 @@ pub struct ClaimedWork {
     pub task_payload: Value,
     pub timeout_seconds: i32,
     pub max_retries: i16,
-    pub backoff_strategy: String,
+    pub backoff_strategy: crate::model::BackoffStrategy,
     /// The database clock as the claim statement produced its rows, after every write of the claim (anchor for
     /// started_at / queue lag; at or after `now()` of the claim, hence at or after every claimed `ready_at`).
     pub claimed_at: DateTime<Utc>,
@@ -274,7 +274,7 @@ pub async fn claim_batch(
         .map(|r| r.get::<_, bool>("simple"))
         .unwrap_or(true)
     {
-        return Ok(outcome(&rows));
+        return outcome(&rows);
     }
     let stmt = client.prepare_cached(CLAIM_SQL).await?;
     let catchup_limit = crate::model::CATCHUP_ALL_LIMIT as i64;
@@ -284,11 +284,11 @@ pub async fn claim_batch(
             &[&worker_id, &lease_seconds, &limit, &clock, &catchup_limit],
         )
         .await?;
-    Ok(outcome(&rows))
+    outcome(&rows)
 }
 
 /// Reads the answer of either claim statement (same leading columns).
-fn outcome(rows: &[tokio_postgres::Row]) -> ClaimOutcome {
+fn outcome(rows: &[tokio_postgres::Row]) -> Result<ClaimOutcome, tokio_postgres::Error> {
     let examined = rows
         .first()
         .map(|r| r.get::<_, i64>("examined"))
@@ -296,28 +296,30 @@ fn outcome(rows: &[tokio_postgres::Row]) -> ClaimOutcome {
     let claimed = rows
         .iter()
         .filter(|r| r.get::<_, Option<i64>>("id").is_some())
-        .map(|r| ClaimedWork {
-            id: r.get("id"),
-            task_id: r.get("task_id"),
-            run_at: r.get("run_at"),
-            ready_at: r.get("ready_at"),
-            priority: r.get("priority"),
-            concurrency_key: r.get("concurrency_key"),
-            trigger: r.get("trigger"),
-            attempt: r.get("attempt"),
-            fencing_token: r.get("fencing_token"),
-            event_id: r.get("event_id"),
-            event: r.get("event"),
-            params: r.get("params"),
-            task_title: r.get("task_title"),
-            task_payload: r.get("task_payload"),
-            timeout_seconds: r.get("timeout_seconds"),
-            max_retries: r.get("max_retries"),
-            backoff_strategy: r.get("backoff_strategy"),
-            claimed_at: r.get("claimed_at"),
+        .map(|r| {
+            Ok(ClaimedWork {
+                id: r.try_get("id")?,
+                task_id: r.try_get("task_id")?,
+                run_at: r.try_get("run_at")?,
+                ready_at: r.try_get("ready_at")?,
+                priority: r.try_get("priority")?,
+                concurrency_key: r.try_get("concurrency_key")?,
+                trigger: r.try_get("trigger")?,
+                attempt: r.try_get("attempt")?,
+                fencing_token: r.try_get("fencing_token")?,
+                event_id: r.try_get("event_id")?,
+                event: r.try_get("event")?,
+                params: r.try_get("params")?,
+                task_title: r.try_get("task_title")?,
+                task_payload: r.try_get("task_payload")?,
+                timeout_seconds: r.try_get("timeout_seconds")?,
+                max_retries: r.try_get("max_retries")?,
+                backoff_strategy: r.try_get("backoff_strategy")?,
+                claimed_at: r.try_get("claimed_at")?,
+            })
         })
-        .collect();
-    ClaimOutcome { claimed, examined }
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    Ok(ClaimOutcome { claimed, examined })
 }
 
 /// How a finished attempt leaves its row.
@@ -559,7 +561,7 @@ pub async fn heartbeat(
     processed: i64,
     failed: i64,
     in_flight: i32,
-    state: &str,
+    state: crate::model::WorkerState,
     clock: Option<DateTime<Utc>>,
 ) -> Result<(), tokio_postgres::Error> {
     let stmt = client.prepare_cached(HEARTBEAT_SQL).await?;
@@ -567,7 +569,14 @@ pub async fn heartbeat(
         .execute(
             &stmt,
             &[
-                &worker_id, &hostname, &pid, &processed, &failed, &in_flight, &state, &clock,
+                &worker_id,
+                &hostname,
+                &pid,
+                &processed,
+                &failed,
+                &in_flight,
+                &state.as_str(),
+                &clock,
             ],
         )
         .await?;
