@@ -24,12 +24,12 @@ pub const AGENT_COLUMNS: &str = "id, name, scopes, webhook_url, created_at, upda
 impl Agent {
     pub fn from_row(r: &Row) -> Self {
         Agent {
-            id: r.get(0),
-            name: r.get(1),
-            scopes: r.get(2),
-            webhook_url: r.get(3),
-            created_at: r.get(4),
-            updated_at: r.get(5),
+            id: r.get("id"),
+            name: r.get("name"),
+            scopes: r.get("scopes"),
+            webhook_url: r.get("webhook_url"),
+            created_at: r.get("created_at"),
+            updated_at: r.get("updated_at"),
         }
     }
 }
@@ -264,27 +264,27 @@ pub const RUN_COLUMNS: &str = "r.id, r.task_id, r.due_work_id, r.attempt, r.work
 impl Run {
     pub fn from_row(r: &Row, include_errors: bool) -> Self {
         Run {
-            id: r.get(0),
-            task_id: r.get(1),
-            due_work_id: r.get(2),
-            attempt: r.get(3),
-            worker_id: r.get(4),
-            trigger: r.get(5),
-            scheduled_for: r.get(6),
-            started_at: r.get(7),
-            finished_at: r.get(8),
-            success: r.get(9),
-            error: if include_errors { r.get(10) } else { None },
-            error_kind: r.get(11),
-            output: r.get(12),
-            event_id: r.get(13),
+            id: r.get("id"),
+            task_id: r.get("task_id"),
+            due_work_id: r.get("due_work_id"),
+            attempt: r.get("attempt"),
+            worker_id: r.get("worker_id"),
+            trigger: r.get("trigger"),
+            scheduled_for: r.get("scheduled_for"),
+            started_at: r.get("started_at"),
+            finished_at: r.get("finished_at"),
+            success: r.get("success"),
+            error: if include_errors { r.get("error") } else { None },
+            error_kind: r.get("error_kind"),
+            output: r.get("output"),
+            event_id: r.get("event_id"),
             event_topic: r
                 .get::<_, Option<Value>>(14)
                 .as_ref()
                 .and_then(|e| e.get("topic"))
                 .and_then(Value::as_str)
                 .map(str::to_string),
-            event: r.get(14),
+            event: r.get("event"),
         }
     }
 }
@@ -352,21 +352,21 @@ pub const DEAD_COLUMNS: &str =
 
 impl DeadWork {
     pub fn from_row(r: &Row) -> Self {
-        let priority: i16 = r.get(4);
+        let priority: i16 = r.get("priority");
         DeadWork {
-            id: r.get(0),
-            task_id: r.get(1),
-            run_at: r.get(2),
-            ready_at: r.get(3),
+            id: r.get("id"),
+            task_id: r.get("task_id"),
+            run_at: r.get("run_at"),
+            ready_at: r.get("ready_at"),
             priority: priority as i32,
-            trigger: r.get(5),
-            attempt: r.get(6),
-            event_id: r.get(7),
-            params: r.get(8),
-            last_error: r.get(9),
-            last_error_kind: r.get(10),
-            dead_at: r.get(11),
-            created_at: r.get(12),
+            trigger: r.get("trigger"),
+            attempt: r.get("attempt"),
+            event_id: r.get("event_id"),
+            params: r.get("params"),
+            last_error: r.get("last_error"),
+            last_error_kind: r.get("last_error_kind"),
+            dead_at: r.get("dead_at"),
+            created_at: r.get("created_at"),
         }
     }
 }

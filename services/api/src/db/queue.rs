@@ -18,13 +18,13 @@ pub async fn summary(c: &impl Db) -> Result<QueueSummary, Error> {
         .prepare_cached(
             "SELECT priority,
                     count(*) FILTER (WHERE state = 'pending' AND ready_at <= now()
-                                     AND (locked_until IS NULL OR locked_until <= now())),
+                                     AND (locked_until IS NULL OR locked_until <= now())) AS ready,
                     count(*) FILTER (WHERE state = 'pending' AND ready_at > now()
-                                     AND (locked_until IS NULL OR locked_until <= now())),
-                    count(*) FILTER (WHERE state = 'pending' AND locked_until > now()),
-                    count(*) FILTER (WHERE state = 'dead'),
+                                     AND (locked_until IS NULL OR locked_until <= now())) AS scheduled,
+                    count(*) FILTER (WHERE state = 'pending' AND locked_until > now()) AS leased,
+                    count(*) FILTER (WHERE state = 'dead') AS dead,
                     extract(epoch FROM now() - min(ready_at) FILTER (WHERE state = 'pending' AND ready_at <= now()
-                                     AND (locked_until IS NULL OR locked_until <= now())))::float8
+                                     AND (locked_until IS NULL OR locked_until <= now())))::float8 AS oldest_age
                FROM due_work GROUP BY priority ORDER BY priority",
         )
         .await?;
@@ -39,10 +39,14 @@ pub async fn summary(c: &impl Db) -> Result<QueueSummary, Error> {
     };
     let mut by = BTreeMap::new();
     for r in rows {
-        let priority: i16 = r.get(0);
-        let (ready, scheduled, leased, dead): (i64, i64, i64, i64) =
-            (r.get(1), r.get(2), r.get(3), r.get(4));
-        let age: Option<f64> = r.get(5);
+        let priority: i16 = r.get("priority");
+        let (ready, scheduled, leased, dead): (i64, i64, i64, i64) = (
+            r.get("ready"),
+            r.get("scheduled"),
+            r.get("leased"),
+            r.get("dead"),
+        );
+        let age: Option<f64> = r.get("oldest_age");
         s.ready += ready;
         s.scheduled += scheduled;
         s.leased += leased;
@@ -83,7 +87,7 @@ pub async fn workers(c: &impl Db) -> Result<Vec<Worker>, Error> {
     let st = c
         .prepare_cached(
             "SELECT worker_id, hostname, pid, started_at, last_seen, processed, failed, in_flight, state,
-                    last_seen > now() - make_interval(secs => $1::int)
+                    last_seen > now() - make_interval(secs => $1::int) AS alive
                FROM worker_heartbeat ORDER BY last_seen DESC, worker_id",
         )
         .await?;
@@ -91,16 +95,16 @@ pub async fn workers(c: &impl Db) -> Result<Vec<Worker>, Error> {
         .await?
         .iter()
         .map(|r| Worker {
-            worker_id: r.get(0),
-            hostname: r.get(1),
-            pid: r.get(2),
-            started_at: r.get(3),
-            last_seen: r.get(4),
-            processed: r.get(5),
-            failed: r.get(6),
-            in_flight: r.get(7),
-            state: r.get(8),
-            alive: r.get(9),
+            worker_id: r.get("worker_id"),
+            hostname: r.get("hostname"),
+            pid: r.get("pid"),
+            started_at: r.get("started_at"),
+            last_seen: r.get("last_seen"),
+            processed: r.get("processed"),
+            failed: r.get("failed"),
+            in_flight: r.get("in_flight"),
+            state: r.get("state"),
+            alive: r.get("alive"),
         })
         .collect())
 }

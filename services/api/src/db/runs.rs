@@ -99,30 +99,31 @@ pub async fn stats(
 ) -> Result<RunStats, Error> {
     let st = c
         .prepare_cached(
-            "SELECT count(*),
-                    count(*) FILTER (WHERE r.success),
-                    (avg(extract(epoch FROM r.finished_at - r.started_at)) FILTER (WHERE r.started_at IS NOT NULL))::float8,
+            "SELECT count(*) AS total,
+                    count(*) FILTER (WHERE r.success) AS succeeded,
+                    (avg(extract(epoch FROM r.finished_at - r.started_at)) FILTER (WHERE r.started_at IS NOT NULL))::float8
+                        AS avg_duration_seconds,
                     (percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM r.finished_at - r.started_at))
-                        FILTER (WHERE r.started_at IS NOT NULL))::float8,
-                    max(r.finished_at) FILTER (WHERE r.success),
-                    max(r.finished_at) FILTER (WHERE NOT r.success)
+                        FILTER (WHERE r.started_at IS NOT NULL))::float8 AS p95_duration_seconds,
+                    max(r.finished_at) FILTER (WHERE r.success) AS last_success_at,
+                    max(r.finished_at) FILTER (WHERE NOT r.success) AS last_failure_at
                FROM task_run r JOIN task t ON t.id = r.task_id
               WHERE r.finished_at > now() - make_interval(days => $1::int)
                 AND ($2::uuid IS NULL OR r.task_id = $2) AND ($3::uuid IS NULL OR t.created_by = $3)",
         )
         .await?;
     let r = c.query_one(&st, &[&days, &task_id, &owner]).await?;
-    let total: i64 = r.get(0);
-    let succeeded: i64 = r.get(1);
+    let total: i64 = r.get("total");
+    let succeeded: i64 = r.get("succeeded");
     Ok(RunStats {
         days: days as i64,
         total,
         succeeded,
         failed: total - succeeded,
         success_rate: (total > 0).then(|| succeeded as f64 / total as f64),
-        avg_duration_seconds: r.get(2),
-        p95_duration_seconds: r.get(3),
-        last_success_at: r.get(4),
-        last_failure_at: r.get(5),
+        avg_duration_seconds: r.get("avg_duration_seconds"),
+        p95_duration_seconds: r.get("p95_duration_seconds"),
+        last_success_at: r.get("last_success_at"),
+        last_failure_at: r.get("last_failure_at"),
     })
 }
