@@ -62,6 +62,7 @@ string_enum!(Scope {
     TasksWrite => "tasks:write",
     RunsRead => "runs:read",
     EventsPublish => "events:publish",
+    JobsWork => "jobs:work",
 });
 
 /// The system agent created by the first migration; its token is `ORRERY_ADMIN_TOKEN`.

@@ -36,6 +36,8 @@ pub struct ClaimedWork {
     pub timeout_seconds: i32,
     pub max_retries: i16,
     pub backoff_strategy: String,
+    /// `locked_until` as the claim wrote it.
+    pub lease_expires_at: DateTime<Utc>,
     /// The database clock as the claim statement produced its rows, after every write of the claim (anchor for
     /// started_at / queue lag; at or after `now()` of the claim, hence at or after every claimed `ready_at`).
     pub claimed_at: DateTime<Utc>,
@@ -47,14 +49,17 @@ pub struct ClaimedWork {
 /// Clock and candidates: ready rows, unleased or with an expired lease, whose concurrency key is free, in the
 /// order of the `due_work_claim` index, locked with `SKIP LOCKED`.
 macro_rules! claim_head {
-    () => {
-        r#"
+    ($filter:literal) => {
+        concat!(
+            r#"
 WITH clock AS (SELECT coalesce($4::timestamptz, now()) AS now),
 candidate AS (
     SELECT d.id, d.task_id, d.run_at, d.ready_at, d.priority, d.concurrency_key, d.overlap, d.catchup,
            d.misfire_grace_seconds, d.trigger, d.attempt, d.locked_by, d.locked_until, d.event_id, d.event
       FROM due_work d
-     WHERE d.state = 'pending'
+     WHERE d.state = 'pending' AND "#,
+            $filter,
+            r#"
        AND d.ready_at <= (SELECT now FROM clock)
        AND (d.locked_until IS NULL OR d.locked_until < (SELECT now FROM clock))
        AND (d.concurrency_key IS NULL OR d.overlap = 'skip' OR NOT EXISTS (
@@ -65,6 +70,7 @@ candidate AS (
        FOR UPDATE OF d SKIP LOCKED
 ),
 "#
+        )
     };
 }
 
@@ -78,13 +84,17 @@ macro_rules! claim_misfired {
 
 /// What claiming writes on a row `d`: lease, fresh fencing token, next attempt.
 macro_rules! claim_stamp {
-    () => {
-        r#"    UPDATE due_work d
+    ($extra:literal) => {
+        concat!(
+            r#"    UPDATE due_work d
        SET locked_by = $1,
            locked_until = (SELECT now FROM clock) + make_interval(secs => $2),
            fencing_token = nextval('due_work_fencing'),
-           attempt = d.attempt + 1
+           attempt = d.attempt + 1"#,
+            $extra,
+            r#"
 "#
+        )
     };
 }
 
@@ -92,7 +102,7 @@ macro_rules! claim_stamp {
 macro_rules! claim_returning {
     () => {
         r#"    RETURNING d.id, d.task_id, d.run_at, d.ready_at, d.priority, d.concurrency_key, d.trigger, d.attempt,
-              d.fencing_token, d.event_id, d.event, d.params
+              d.fencing_token, d.event_id, d.event, d.params, d.locked_until
 "#
     };
 }
@@ -103,7 +113,7 @@ macro_rules! claim_answer {
     () => {
         r#"SELECT c.id, c.task_id, c.run_at, c.ready_at, c.priority, c.concurrency_key, c.trigger, c.attempt,
        c.fencing_token, c.event_id, c.event, c.params,
-       t.title, t.payload, t.timeout_seconds, t.max_retries, t.backoff_strategy,
+       t.title, t.payload, t.timeout_seconds, t.max_retries, t.backoff_strategy, c.locked_until,
        coalesce($4::timestamptz, clock_timestamp()), "#
     };
 }
@@ -113,36 +123,42 @@ macro_rules! claim_answer {
 /// grace), it claims them exactly as [`CLAIM_SQL`] would. Otherwise it claims nothing, answers
 /// `simple = false`, and [`claim_batch`] runs [`CLAIM_SQL`], which applies the policies (the candidates' row
 /// locks end with this statement's transaction). Same parameters as [`CLAIM_SQL`] but the last.
-pub const CLAIM_FAST_SQL: &str = concat!(
-    claim_head!(),
-    r#"verdict AS (
+macro_rules! claim_fast {
+    ($filter:literal, $extra:literal) => {
+        concat!(
+            claim_head!($filter),
+            r#"verdict AS (
     SELECT count(*) AS examined,
            coalesce(bool_and(c.concurrency_key IS NULL AND c.locked_until IS NULL AND NOT ("#,
-    claim_misfired!(),
-    r#")), true) AS simple
+            claim_misfired!(),
+            r#")), true) AS simple
       FROM candidate c
 ),
 claimed AS (
 "#,
-    claim_stamp!(),
-    r#"      FROM candidate c
+            claim_stamp!($extra),
+            r#"      FROM candidate c
      WHERE d.id = c.id AND (SELECT simple FROM verdict)
 "#,
-    claim_returning!(),
-    r#")
+            claim_returning!(),
+            r#")
 "#,
-    claim_answer!(),
-    r#"v.examined, v.simple
+            claim_answer!(),
+            r#"v.examined, v.simple
   FROM verdict v
   LEFT JOIN (claimed c JOIN task t ON t.id = c.task_id) ON true
  ORDER BY c.priority, c.ready_at, c.id
 "#
-);
+        )
+    };
+}
 
 /// The claim statement with every policy. $1 worker id, $2 lease seconds, $3 batch size, $4 clock
 /// (NULL = now()), $5 the catch-up `all` limit.
-pub const CLAIM_SQL: &str = concat!(
-    claim_head!(),
+macro_rules! claim_full {
+    ($filter:literal, $extra:literal) => {
+        concat!(
+    claim_head!($filter),
     r#"classified AS (
     SELECT c.*, t.max_retries,
            CASE
@@ -195,7 +211,7 @@ decided AS (
 ),
 claimed AS (
 "#,
-    claim_stamp!(),
+    claim_stamp!($extra),
     r#"      FROM decided x
      WHERE d.id = x.id AND x.action = 'claim'
 "#,
@@ -244,6 +260,34 @@ recorded AS (
   LEFT JOIN (claimed c JOIN task t ON t.id = c.task_id) ON true
  ORDER BY c.priority, c.ready_at, c.id
 "#
+        )
+    };
+}
+
+/// The built-in worker's claim: only work that no external worker runs. The filter is the `due_work_claim`
+/// index predicate, so the plan is that index's scan, as it was before external work existed.
+pub const CLAIM_FAST_SQL: &str = claim_fast!("d.external_queue IS NULL", "");
+
+/// The built-in worker's claim with every policy. $1 worker id, $2 lease seconds, $3 batch size, $4 clock
+/// (NULL = now()), $5 the catch-up `all` limit.
+pub const CLAIM_SQL: &str = claim_full!("d.external_queue IS NULL", "");
+
+/// An external worker's claim (`POST /jobs/claim`), fast form: rows of the queues $5, of tasks created by $6
+/// (NULL = any owner: an admin caller); also stamps `leased_at` (the started_at of the attempt).
+pub const CLAIM_EXTERNAL_FAST_SQL: &str = claim_fast!(
+    "d.external_queue = ANY($5::text[])
+       AND ($6::uuid IS NULL OR EXISTS (SELECT 1 FROM task o WHERE o.id = d.task_id AND o.created_by = $6::uuid))",
+    ",
+           leased_at = (SELECT now FROM clock)"
+);
+
+/// An external worker's claim with every policy (misfire, overlap, concurrency keys, expired leases), exactly
+/// as the built-in worker's: queues $6, owner $7.
+pub const CLAIM_EXTERNAL_SQL: &str = claim_full!(
+    "d.external_queue = ANY($6::text[])
+       AND ($7::uuid IS NULL OR EXISTS (SELECT 1 FROM task o WHERE o.id = d.task_id AND o.created_by = $7::uuid))",
+    ",
+           leased_at = (SELECT now FROM clock)"
 );
 
 /// What one claim statement did.
@@ -269,7 +313,7 @@ pub async fn claim_batch(
     let rows = client
         .query(&fast, &[&worker_id, &lease_seconds, &limit, &clock])
         .await?;
-    if rows.first().map(|r| r.get::<_, bool>(19)).unwrap_or(true) {
+    if rows.first().map(|r| r.get::<_, bool>(20)).unwrap_or(true) {
         return Ok(outcome(&rows));
     }
     let stmt = client.prepare_cached(CLAIM_SQL).await?;
@@ -283,9 +327,50 @@ pub async fn claim_batch(
     Ok(outcome(&rows))
 }
 
+/// Claims up to `limit` ready rows of the external `queues` for an external worker (`locked_by` names it),
+/// restricted to the tasks of `owner` unless None. The same two-step claim as [`claim_batch`].
+#[allow(clippy::too_many_arguments)]
+pub async fn claim_external_batch(
+    client: &impl GenericClient,
+    locked_by: &str,
+    lease_seconds: f64,
+    limit: i64,
+    queues: &[String],
+    owner: Option<Uuid>,
+    clock: Option<DateTime<Utc>>,
+) -> Result<ClaimOutcome, tokio_postgres::Error> {
+    let fast = client.prepare_cached(CLAIM_EXTERNAL_FAST_SQL).await?;
+    let rows = client
+        .query(
+            &fast,
+            &[&locked_by, &lease_seconds, &limit, &clock, &queues, &owner],
+        )
+        .await?;
+    if rows.first().map(|r| r.get::<_, bool>(20)).unwrap_or(true) {
+        return Ok(outcome(&rows));
+    }
+    let stmt = client.prepare_cached(CLAIM_EXTERNAL_SQL).await?;
+    let catchup_limit = crate::model::CATCHUP_ALL_LIMIT as i64;
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &locked_by,
+                &lease_seconds,
+                &limit,
+                &clock,
+                &catchup_limit,
+                &queues,
+                &owner,
+            ],
+        )
+        .await?;
+    Ok(outcome(&rows))
+}
+
 /// Reads the answer of either claim statement (same leading columns).
 fn outcome(rows: &[tokio_postgres::Row]) -> ClaimOutcome {
-    let examined = rows.first().map(|r| r.get::<_, i64>(18)).unwrap_or(0);
+    let examined = rows.first().map(|r| r.get::<_, i64>(19)).unwrap_or(0);
     let claimed = rows
         .iter()
         .filter(|r| r.get::<_, Option<i64>>(0).is_some())
@@ -307,7 +392,8 @@ fn outcome(rows: &[tokio_postgres::Row]) -> ClaimOutcome {
             timeout_seconds: r.get(14),
             max_retries: r.get(15),
             backoff_strategy: r.get(16),
-            claimed_at: r.get(17),
+            lease_expires_at: r.get(17),
+            claimed_at: r.get(18),
         })
         .collect();
     ClaimOutcome { claimed, examined }
@@ -518,7 +604,7 @@ SELECT extract(epoch FROM (
     SELECT min(n.ready_at)
       FROM generate_series(1, 9) AS p(priority),
            LATERAL (SELECT d.ready_at FROM due_work d
-                     WHERE d.state = 'pending' AND d.priority = p.priority
+                     WHERE d.state = 'pending' AND d.external_queue IS NULL AND d.priority = p.priority
                        AND d.ready_at > (SELECT now FROM clock)
                      ORDER BY d.ready_at LIMIT 1) n
 ) - (SELECT now FROM clock))::float8
@@ -565,4 +651,138 @@ pub async fn heartbeat(
         )
         .await?;
     Ok(())
+}
+
+// --- External jobs ------------------------------------------------------------------------------------------
+//
+// Work of tasks whose pipeline is one `external` step is claimed over HTTP (`POST /jobs/claim`) by programs
+// outside Orrery, with the claim statements above (`claim_external_batch`), and settled with the same
+// `complete_batch` as the built-in worker's: the fencing token decides, and everything downstream (retries,
+// dead work, task_run) is the same.
+
+/// An external job as a heartbeat, completion or failure finds it.
+#[derive(Debug, Clone)]
+pub struct ExternalJob {
+    pub id: i64,
+    pub task_id: Uuid,
+    pub fencing_token: i64,
+    pub attempt: i32,
+    pub state: String,
+    pub locked_by: Option<String>,
+    pub locked_until: Option<DateTime<Utc>>,
+    pub leased_at: Option<DateTime<Utc>>,
+    pub max_retries: i16,
+    pub backoff_strategy: String,
+    /// The database clock when it was read.
+    pub now: DateTime<Utc>,
+    /// The id of the task's external step (its result is stored under `steps.<id>`).
+    pub step_id: Option<String>,
+}
+
+/// How a failed attempt settles: retried after the task's backoff while it is retryable and
+/// `attempt ≤ max_retries` (so at most `max_retries + 1` attempts), otherwise dead. `jitter` ∈ [0, 1).
+pub fn failure_settlement(
+    retryable: bool,
+    attempt: i32,
+    max_retries: i16,
+    strategy: &str,
+    base: f64,
+    max: f64,
+    jitter: f64,
+) -> Settlement {
+    if retryable && attempt <= max_retries as i32 {
+        let strategy: crate::model::BackoffStrategy = strategy
+            .parse()
+            .unwrap_or(crate::model::BackoffStrategy::ExponentialJitter);
+        Settlement::Retry {
+            delay_seconds: crate::model::backoff_delay(
+                strategy,
+                attempt.max(1) as u32,
+                base,
+                max,
+                jitter,
+            ),
+        }
+    } else {
+        Settlement::Dead
+    }
+}
+
+/// $1 job id, $2 owner (NULL = any), $3 clock. Only rows of external queues; the row is locked so that the
+/// decision taken on it (settle or refuse) cannot race a claim.
+pub const EXTERNAL_JOB_SQL: &str = r#"
+SELECT d.id, d.task_id, d.fencing_token, d.attempt, d.state, d.locked_by, d.locked_until, d.leased_at,
+       t.max_retries, t.backoff_strategy, coalesce($3::timestamptz, clock_timestamp()),
+       t.payload #>> '{pipeline,0,id}'
+  FROM due_work d
+  JOIN task t ON t.id = d.task_id
+ WHERE d.id = $1 AND d.external_queue IS NOT NULL AND ($2::uuid IS NULL OR t.created_by = $2::uuid)
+   FOR UPDATE OF d
+"#;
+
+pub async fn external_job(
+    client: &impl GenericClient,
+    id: i64,
+    owner: Option<Uuid>,
+    clock: Option<DateTime<Utc>>,
+) -> Result<Option<ExternalJob>, tokio_postgres::Error> {
+    let stmt = client.prepare_cached(EXTERNAL_JOB_SQL).await?;
+    Ok(client
+        .query_opt(&stmt, &[&id, &owner, &clock])
+        .await?
+        .map(|r| ExternalJob {
+            id: r.get(0),
+            task_id: r.get(1),
+            fencing_token: r.get(2),
+            attempt: r.get(3),
+            state: r.get(4),
+            locked_by: r.get(5),
+            locked_until: r.get(6),
+            leased_at: r.get(7),
+            max_retries: r.get(8),
+            backoff_strategy: r.get(9),
+            now: r.get(10),
+            step_id: r.get(11),
+        }))
+}
+
+/// Extends the lease of one external job (and its concurrency slot) to now + $4 seconds while the fencing token
+/// matches and the lease has not expired, like [`RENEW_SQL`]: an expired lease may already have been taken by
+/// another claim, or its concurrency slot by another run. $1 clock, $2 id, $3 fencing token, $5 owner.
+pub const RENEW_EXTERNAL_SQL: &str = r#"
+WITH clock AS (SELECT coalesce($1::timestamptz, now()) AS now),
+renewed AS (
+    UPDATE due_work d
+       SET locked_until = (SELECT now FROM clock) + make_interval(secs => $4)
+     WHERE d.id = $2 AND d.fencing_token = $3 AND d.state = 'pending' AND d.external_queue IS NOT NULL
+       AND d.locked_until >= (SELECT now FROM clock)
+       AND ($5::uuid IS NULL OR EXISTS (SELECT 1 FROM task t WHERE t.id = d.task_id AND t.created_by = $5::uuid))
+    RETURNING d.id, d.concurrency_key, d.locked_until
+),
+slots AS (
+    UPDATE concurrency_slot s
+       SET locked_until = r.locked_until
+      FROM renewed r
+     WHERE s.key = r.concurrency_key AND s.due_work_id = r.id
+)
+SELECT locked_until FROM renewed
+"#;
+
+/// The new `locked_until`, or None when the job is not held with this token (or its lease already expired).
+pub async fn renew_external(
+    client: &impl GenericClient,
+    id: i64,
+    fencing_token: i64,
+    lease_seconds: f64,
+    owner: Option<Uuid>,
+    clock: Option<DateTime<Utc>>,
+) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error> {
+    let stmt = client.prepare_cached(RENEW_EXTERNAL_SQL).await?;
+    Ok(client
+        .query_opt(
+            &stmt,
+            &[&clock, &id, &fencing_token, &lease_seconds, &owner],
+        )
+        .await?
+        .map(|r| r.get(0)))
 }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 pub struct Agent {
     pub id: Uuid,
     pub name: String,
-    /// Subset of admin, tasks:read, tasks:write, runs:read, events:publish.
+    /// Subset of admin, tasks:read, tasks:write, runs:read, events:publish, jobs:work.
     pub scopes: Vec<String>,
     pub webhook_url: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -512,4 +512,54 @@ pub struct Reencrypted {
     pub reencrypted: i64,
     /// Id of the current key.
     pub key_id: String,
+}
+
+/// One job handed to an external worker by `POST /jobs/claim`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    /// The `due_work` id; the same for every attempt of one fire, so also the idempotency key.
+    pub job_id: i64,
+    /// Send it back with every heartbeat, completion and failure; a stale token is refused with 409.
+    pub fencing_token: i64,
+    pub task_id: Uuid,
+    pub task_title: String,
+    pub queue: String,
+    /// 1 for the first run of a fire; increases with every retry and every lease that expired.
+    pub attempt: i32,
+    /// `max_retries + 1`: a failure at this attempt (or a non-retryable one) makes the job dead.
+    pub max_attempts: i32,
+    /// `schedule`, `manual`, `event` or `retry` (an attempt after the first).
+    pub trigger: String,
+    /// The nominal fire instant (`run_at`).
+    pub scheduled_for: DateTime<Utc>,
+    /// The task's params merged with the run's (run_now params win).
+    pub params: Value,
+    /// `{id, topic, payload, published_at}` for event-triggered jobs, else null.
+    pub event: Option<Value>,
+    /// The job's idempotency key (the job id, as a string, as `http.request` sends it).
+    pub idempotency_key: String,
+    /// The lease ends here unless a heartbeat extends it; after it, another claim may take the job.
+    pub lease_expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobsClaimed {
+    /// Up to `max_jobs` jobs; empty when none became ready within `wait_seconds`.
+    pub jobs: Vec<Job>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobLease {
+    pub job_id: i64,
+    pub fencing_token: i64,
+    pub lease_expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobSettled {
+    pub job_id: i64,
+    /// `succeeded`, `retry` (runs again after `retry_at`) or `dead` (no retries left, or not retryable).
+    pub outcome: String,
+    /// When the retry becomes ready (outcome `retry` only).
+    pub retry_at: Option<DateTime<Utc>>,
 }

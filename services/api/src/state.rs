@@ -17,6 +17,11 @@ pub struct AppState {
     pub readiness: Readiness,
     pub auth: AuthCache,
     pub started: Instant,
+    /// Wakes `POST /jobs/claim` requests waiting for work when this process makes work ready (run now,
+    /// replay, a retry due at once); others find it on their next poll.
+    pub jobs_ready: tokio::sync::Notify,
+    /// Turns true when the process is stopping: waiting claims answer at once.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {

@@ -39,6 +39,7 @@ struct EventTask {
     overlap: String,
     catchup: String,
     grace: i32,
+    external_queue: Option<String>,
 }
 
 pub fn parse_entry(entry: &StreamId) -> Option<Event> {
@@ -70,7 +71,8 @@ pub async fn deliver(pool: &Pool, events: &[Event]) -> anyhow::Result<u64> {
     let tx = client.transaction().await?;
     let tasks = tx
         .query(
-            "SELECT id, schedule_expr, priority, concurrency_key, overlap, catchup, misfire_grace_seconds
+            "SELECT id, schedule_expr, priority, concurrency_key, overlap, catchup, misfire_grace_seconds,
+                    external_queue
                FROM task WHERE status = 'active' AND schedule_kind = 'event'",
             &[],
         )
@@ -85,6 +87,7 @@ pub async fn deliver(pool: &Pool, events: &[Event]) -> anyhow::Result<u64> {
             overlap: r.get(4),
             catchup: r.get(5),
             grace: r.get(6),
+            external_queue: r.get(7),
         })
         .collect();
     let mut created = 0u64;
@@ -110,8 +113,8 @@ pub async fn deliver(pool: &Pool, events: &[Event]) -> anyhow::Result<u64> {
                          INSERT INTO event_delivery (task_id, event_id) VALUES ($1, $2)
                          ON CONFLICT DO NOTHING RETURNING task_id)
                      INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                                           misfire_grace_seconds, trigger, event_id, event)
-                     SELECT $1, t, t, $3, $4, $5, $6, $7, 'event', $2, $8
+                                           misfire_grace_seconds, trigger, event_id, event, external_queue)
+                     SELECT $1, t, t, $3, $4, $5, $6, $7, 'event', $2, $8, $10
                        FROM first, coalesce($9::timestamptz, now()) AS t",
                     &[
                         &task.id,
@@ -123,6 +126,7 @@ pub async fn deliver(pool: &Pool, events: &[Event]) -> anyhow::Result<u64> {
                         &task.grace,
                         &event_json,
                         &ev.published_at,
+                        &task.external_queue,
                     ],
                 )
                 .await?;

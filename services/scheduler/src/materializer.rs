@@ -202,7 +202,7 @@ impl Materializer {
             .prepare_cached(
                 "SELECT id, schedule_kind, schedule_expr, timezone, schedule_anchor,
                         coalesce(materialized_until, created_at), priority, concurrency_key, overlap, catchup,
-                        misfire_grace_seconds
+                        misfire_grace_seconds, external_queue
                    FROM task
                   WHERE status = 'active' AND schedule_kind <> 'event'
                     AND (next_fire_at IS NULL OR next_fire_at <= $1)
@@ -224,7 +224,8 @@ impl Materializer {
         // Columns of the due_work insert, the cursor update and the misfire records.
         let (mut w_task, mut w_run, mut w_ready, mut w_prio, mut w_key) =
             (vec![], vec![], vec![], vec![], vec![]);
-        let (mut w_overlap, mut w_catchup, mut w_grace) = (vec![], vec![], vec![]);
+        let (mut w_overlap, mut w_catchup, mut w_grace, mut w_queue) =
+            (vec![], vec![], vec![], vec![]);
         let (mut u_id, mut u_until, mut u_next, mut u_exhausted, mut u_run) =
             (vec![], vec![], vec![], vec![], vec![]);
         let (mut m_task, mut m_at, mut m_msg) = (vec![], vec![], vec![]);
@@ -241,6 +242,7 @@ impl Materializer {
             let overlap: String = row.get(8);
             let catchup: String = row.get(9);
             let grace: i32 = row.get(10);
+            let external_queue: Option<String> = row.get(11);
 
             let schedule = match self.schedule_for(id, &kind, &expr, &tz, anchor) {
                 Ok(s) => s,
@@ -277,6 +279,7 @@ impl Materializer {
                 w_overlap.push(overlap.clone());
                 w_catchup.push(catchup.clone());
                 w_grace.push(grace);
+                w_queue.push(external_queue.clone());
                 stats.earliest = Some(
                     stats
                         .earliest
@@ -312,10 +315,10 @@ impl Materializer {
             let insert = tx
                 .prepare_cached(
                     "INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                                           misfire_grace_seconds, trigger)
-                     SELECT t, r, rd, p, k, o, c, g, 'schedule'
+                                           misfire_grace_seconds, trigger, external_queue)
+                     SELECT t, r, rd, p, k, o, c, g, 'schedule', q
                        FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::int2[], $5::text[],
-                                   $6::text[], $7::text[], $8::int4[]) AS u(t, r, rd, p, k, o, c, g)
+                                   $6::text[], $7::text[], $8::int4[], $9::text[]) AS u(t, r, rd, p, k, o, c, g, q)
                      ON CONFLICT (task_id, run_at) WHERE trigger = 'schedule' DO NOTHING",
                 )
                 .await?;
@@ -324,7 +327,7 @@ impl Materializer {
                     &insert,
                     &[
                         &w_task, &w_run, &w_ready, &w_prio, &w_key, &w_overlap, &w_catchup,
-                        &w_grace,
+                        &w_grace, &w_queue,
                     ],
                 )
                 .await?;

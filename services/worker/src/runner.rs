@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use orrery::model::{backoff_delay, BackoffStrategy};
 use orrery::pipeline::Payload;
 use orrery::queue::{ClaimedWork, Completion, Settlement};
 use serde_json::{Map, Value};
@@ -236,16 +235,15 @@ pub fn decide(
     max: f64,
     jitter: f64,
 ) -> Settlement {
-    if failure.is_retryable() && attempt <= max_retries as i32 {
-        let strategy: BackoffStrategy = strategy
-            .parse()
-            .unwrap_or(BackoffStrategy::ExponentialJitter);
-        Settlement::Retry {
-            delay_seconds: backoff_delay(strategy, attempt.max(1) as u32, base, max, jitter),
-        }
-    } else {
-        Settlement::Dead
-    }
+    orrery::queue::failure_settlement(
+        failure.is_retryable(),
+        attempt,
+        max_retries,
+        strategy,
+        base,
+        max,
+        jitter,
+    )
 }
 
 #[cfg(test)]

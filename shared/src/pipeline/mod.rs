@@ -29,7 +29,33 @@ pub use template::{
 pub use validate::{is_concrete_topic, validate_payload, FieldError};
 
 /// Tools a step may use. Anything else is rejected when the task is written.
-pub const KNOWN_TOOLS: &[&str] = &["http.request", "events.publish", "sleep", "noop"];
+pub const KNOWN_TOOLS: &[&str] = &[
+    "http.request",
+    "events.publish",
+    "sleep",
+    "noop",
+    "shell",
+    "external",
+];
+
+/// The program `shell: true` runs (`/bin/sh -c <command>`); the worker's allow list must name it.
+pub const SHELL_PATH: &str = "/bin/sh";
+
+/// An external queue name: 1 to 100 of `A-Za-z0-9._-`.
+pub fn is_queue_name(name: &str) -> bool {
+    (1..=100).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The queue of a payload that is exactly one `external` step (what `task.external_queue` derives in SQL).
+pub fn external_queue(payload: &Payload) -> Option<&str> {
+    match payload.pipeline.as_slice() {
+        [step] if step.uses == "external" => step.with.get("queue").and_then(Value::as_str),
+        _ => None,
+    }
+}
 
 /// Methods `http.request` accepts (case-insensitive in payloads; sent upper-case).
 pub const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];

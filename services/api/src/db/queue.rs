@@ -96,8 +96,9 @@ pub async fn lock_dead(c: &impl Db, id: i64) -> Result<Option<(uuid::Uuid, Strin
 pub async fn replay_dead(c: &impl Db, id: i64) -> Result<u64, Error> {
     let st = c
         .prepare_cached(
-            "UPDATE due_work SET state = 'pending', attempt = 0, ready_at = now(), locked_by = NULL,
-                    locked_until = NULL, dead_at = NULL
+            "UPDATE due_work d SET state = 'pending', attempt = 0, ready_at = now(), locked_by = NULL,
+                    locked_until = NULL, dead_at = NULL,
+                    external_queue = (SELECT t.external_queue FROM task t WHERE t.id = d.task_id)
               WHERE id = $1 AND state = 'dead'",
         )
         .await?;

@@ -328,7 +328,8 @@ pub async fn restamp_pending_work(c: &impl Db, t: &Task) -> Result<u64, Error> {
         .prepare_cached(
             "UPDATE due_work SET priority = $2,
                     concurrency_key = coalesce($3, CASE WHEN $4 <> 'allow' THEN 'task:' || $1::uuid::text END),
-                    overlap = $4, catchup = $5, misfire_grace_seconds = $6
+                    overlap = $4, catchup = $5, misfire_grace_seconds = $6,
+                    external_queue = (SELECT external_queue FROM task WHERE id = $1)
               WHERE task_id = $1 AND state = 'pending' AND (locked_until IS NULL OR locked_until < now())",
         )
         .await?;
@@ -394,9 +395,9 @@ pub async fn insert_manual_work(
     let st = c
         .prepare_cached(
             "INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                                   misfire_grace_seconds, trigger, params)
+                                   misfire_grace_seconds, trigger, params, external_queue)
              VALUES ($1, now(), now(), $2, coalesce($3, CASE WHEN $4 <> 'allow' THEN 'task:' || $1::uuid::text END),
-                     $4, $5, $6, 'manual', $7)
+                     $4, $5, $6, 'manual', $7, (SELECT external_queue FROM task WHERE id = $1))
              RETURNING id, run_at",
         )
         .await?;
@@ -457,9 +458,9 @@ pub async fn insert_scheduled_work(
     let st = c
         .prepare_cached(
             "INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                                   misfire_grace_seconds, trigger)
+                                   misfire_grace_seconds, trigger, external_queue)
              VALUES ($1, $2, $3, $4, coalesce($5, CASE WHEN $6 <> 'allow' THEN 'task:' || $1::uuid::text END),
-                     $6, $7, $8, 'schedule')
+                     $6, $7, $8, 'schedule', (SELECT external_queue FROM task WHERE id = $1))
              ON CONFLICT (task_id, run_at) WHERE trigger = 'schedule' DO NOTHING
              RETURNING id",
         )
@@ -581,9 +582,10 @@ pub async fn insert_backfill(
                  RETURNING run_at
              )
              INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                                   misfire_grace_seconds, trigger)
+                                   misfire_grace_seconds, trigger, external_queue)
              SELECT $1, m.run_at, now(), $3,
-                    coalesce($4, CASE WHEN $5 <> 'allow' THEN 'task:' || $1::uuid::text END), $5, $6, $7, 'schedule'
+                    coalesce($4, CASE WHEN $5 <> 'allow' THEN 'task:' || $1::uuid::text END), $5, $6, $7, 'schedule',
+                    (SELECT external_queue FROM task WHERE id = $1)
                FROM marked m
              ON CONFLICT (task_id, run_at) WHERE trigger = 'schedule' DO NOTHING
              RETURNING run_at",

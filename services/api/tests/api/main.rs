@@ -8,6 +8,7 @@ mod errors;
 mod events;
 mod first_hour;
 mod health;
+mod jobs;
 mod names;
 mod preview;
 mod queue;
