@@ -14,6 +14,7 @@ pub mod queue;
 pub mod runtime;
 pub mod schedule;
 pub mod secrets;
+pub mod shell_policy;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;

@@ -28,6 +28,7 @@ pub struct Runner {
     pub events: Arc<RunEvents>,
     pub redis: Redis,
     pub http: HttpTool,
+    pub shell: crate::executor::ShellTool,
     pub secrets: crate::secrets::SecretReader,
     pub backoff_base: f64,
     pub backoff_max: f64,
@@ -141,7 +142,7 @@ pub async fn run_one(
         runner.redis.clone(),
         format!("task:{}", work.task_id),
     ));
-    let executor = Executor::new(runner.http.clone(), sink);
+    let executor = Executor::new(runner.http.clone(), sink).with_shell(runner.shell.clone());
     let timeout = Duration::from_secs(work.timeout_seconds.max(1) as u64);
     let (mut output, mut outcome) = executor.run(&payload, &ctx, timeout).await;
     // Whatever a step returned or a server echoed: no secret value leaves the run.
