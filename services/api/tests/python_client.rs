@@ -2,7 +2,7 @@
 //! runs a function and completes; killed mid-job, its job is run again by another client once the lease expires;
 //! finishing after its lease was taken over, its result is refused with 409 and discarded.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -163,8 +163,8 @@ async fn finish(mut child: tokio::process::Child) -> Vec<Value> {
         .collect()
 }
 
-async fn wait_file(path: &PathBuf) -> String {
-    let path = path.clone();
+async fn wait_file(path: &Path) -> String {
+    let path = path.to_path_buf();
     wait_for("the handler to start", WAIT, || {
         let path = path.clone();
         async move {
