@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use orrery::testing::{base_env, free_port, redis_prefix, wait_for, Service, TestDb};
+use orrery_testing::{base_env, free_port, redis_prefix, wait_for, Service, TestDb};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use orrery::testing::{redis_prefix, wait_for, TestDb};
+use orrery_testing::{redis_prefix, wait_for, TestDb};
 use serde_json::{json, Value};
 
 const SECRETS_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
