@@ -257,11 +257,14 @@ def main(argv=None):
     p.add_argument("--heartbeat-seconds", type=float, default=None, help="default lease/3; 0 = no heartbeats")
     p.add_argument("--once", action="store_true", help="one claim, then exit")
     p.add_argument("--until-empty", action="store_true", help="exit when a claim finds no job")
+    p.add_argument("--quiet", action="store_true", help="no JSON line per job on stdout")
     args = p.parse_args(argv)
     if not args.token:
         raise SystemExit("no token: pass --token or set ORRERY_TOKEN (an agent with the jobs:work scope)")
 
     def report(job, outcome, detail):
+        if args.quiet:
+            return
         print(json.dumps({"job_id": job.id, "attempt": job.attempt, "outcome": outcome, "detail": detail}),
               flush=True)
 

@@ -16,6 +16,11 @@ def double(job):
     return {"doubled": job.params["x"] * 2, "attempt": job.attempt}
 
 
+def noop(job):
+    """Does nothing (the benchmark's handler)."""
+    return None
+
+
 def _mark(job):
     marker = job.params.get("marker")
     if marker:
