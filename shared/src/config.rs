@@ -42,6 +42,8 @@ pub struct Settings {
     pub api_port: u16,
     pub api_workers: usize,
     pub api_body_limit_bytes: usize,
+    /// Longest a `POST /jobs/claim` waits for work, whatever its `wait_seconds` asks (0..=30).
+    pub api_jobs_max_wait_seconds: u32,
     pub orrery_admin_token: Option<SecretString>,
     /// 64 hex characters (32 bytes): encrypts the values of `PUT /secrets` (AES-256-GCM).
     pub orrery_secrets_key: Option<SecretString>,
@@ -134,6 +136,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("api_port", "8080"),
     ("api_workers", "0"),
     ("api_body_limit_bytes", "262144"),
+    ("api_jobs_max_wait_seconds", "30"),
     ("scheduler_health_port", "8081"),
     ("scheduler_misfire_grace_time", "30"),
     ("scheduler_lookahead_seconds", "60"),
@@ -310,6 +313,12 @@ impl Settings {
         }
         if let Err(e) = crate::http_policy::HttpPolicy::parse(&self.worker_http_allow_cidrs) {
             return Err(ConfigError::new("WORKER_HTTP_ALLOW_CIDRS", e));
+        }
+        if self.api_jobs_max_wait_seconds > 30 {
+            return Err(ConfigError::new(
+                "API_JOBS_MAX_WAIT_SECONDS",
+                "must be between 0 and 30",
+            ));
         }
         if let Err(e) = crate::shell_policy::ShellPolicy::parse(&self.worker_shell_allow) {
             return Err(ConfigError::new("WORKER_SHELL_ALLOW", e));

@@ -57,7 +57,7 @@ pub struct JobClaim {
     /// Most jobs to return (default 1).
     #[schema(minimum = 1, maximum = 100)]
     max_jobs: Option<i64>,
-    /// How long to wait for a job when none is ready (default 0: answer at once).
+    /// How long to wait for a job when none is ready (default 0: answer at once; at most API_JOBS_MAX_WAIT_SECONDS).
     #[schema(minimum = 0, maximum = 30)]
     wait_seconds: Option<i64>,
     /// Lease of every returned job (default: the step's timeout_seconds, else WORKER_LEASE_SECONDS).
@@ -284,6 +284,7 @@ pub async fn claim(
             .unwrap_or_else(|| caller.agent_id.to_string())
     };
     let locked_by = format!("external:{agent_name}:{client_id}");
+    let wait_seconds = wait_seconds.min(state.settings.api_jobs_max_wait_seconds as i64);
     let deadline = Instant::now() + Duration::from_secs(wait_seconds as u64);
     let mut stop = state.stop.clone();
     loop {
