@@ -49,14 +49,6 @@ pub fn is_queue_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// The queue of a payload that is exactly one `external` step (what `task.external_queue` derives in SQL).
-pub fn external_queue(payload: &Payload) -> Option<&str> {
-    match payload.pipeline.as_slice() {
-        [step] if step.uses == "external" => step.with.get("queue").and_then(Value::as_str),
-        _ => None,
-    }
-}
-
 /// Methods `http.request` accepts (case-insensitive in payloads; sent upper-case).
 pub const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
