@@ -49,7 +49,7 @@ pub struct ClaimedWork {
 /// Clock and candidates: ready rows, unleased or with an expired lease, whose concurrency key is free, in the
 /// order of the `due_work_claim` index, locked with `SKIP LOCKED`.
 macro_rules! claim_head {
-    ($filter:literal) => {
+    ($filter:expr) => {
         concat!(
             r#"
 WITH clock AS (SELECT coalesce($4::timestamptz, now()) AS now),
@@ -124,7 +124,7 @@ macro_rules! claim_answer {
 /// `simple = false`, and [`claim_batch`] runs [`CLAIM_SQL`], which applies the policies (the candidates' row
 /// locks end with this statement's transaction). Same parameters as [`CLAIM_SQL`] but the last.
 macro_rules! claim_fast {
-    ($filter:literal, $extra:literal) => {
+    ($filter:expr, $extra:literal) => {
         concat!(
             claim_head!($filter),
             r#"verdict AS (
@@ -156,7 +156,7 @@ claimed AS (
 /// The claim statement with every policy. $1 worker id, $2 lease seconds, $3 batch size, $4 clock
 /// (NULL = now()), $5 the catch-up `all` limit.
 macro_rules! claim_full {
-    ($filter:literal, $extra:literal) => {
+    ($filter:expr, $extra:literal) => {
         concat!(
     claim_head!($filter),
     r#"classified AS (
@@ -272,11 +272,37 @@ pub const CLAIM_FAST_SQL: &str = claim_fast!("d.external_queue IS NULL", "");
 /// (NULL = now()), $5 the catch-up `all` limit.
 pub const CLAIM_SQL: &str = claim_full!("d.external_queue IS NULL", "");
 
-/// An external worker's claim (`POST /jobs/claim`), fast form: rows of the queues $5, of tasks created by $6
-/// (NULL = any owner: an admin caller); also stamps `leased_at` (the started_at of the attempt).
+/// Which rows an external claim may take: the first `$3` unleased ready rows of each named queue (`$queues`) in
+/// claim order, read from the `due_work_external_claim` index one queue at a time (a plain
+/// `external_queue = ANY(..)` cannot use the index's order and sorts the whole queue), of tasks created by
+/// `$owner` (NULL = any owner: an admin caller). The claim then orders, locks and decides on these candidates
+/// exactly as the built-in claim does.
+macro_rules! external_filter {
+    ($queues:literal, $owner:literal) => {
+        concat!(
+            "d.id IN (
+           SELECT x.id FROM unnest(",
+            $queues,
+            "::text[]) AS q(name),
+                LATERAL (SELECT e.id FROM due_work e
+                          WHERE e.state = 'pending' AND e.external_queue = q.name
+                            AND e.ready_at <= (SELECT now FROM clock)
+                            AND (e.locked_until IS NULL OR e.locked_until < (SELECT now FROM clock))
+                            AND (",
+            $owner,
+            "::uuid IS NULL OR EXISTS (SELECT 1 FROM task o WHERE o.id = e.task_id AND o.created_by = ",
+            $owner,
+            "::uuid))
+                          ORDER BY e.priority, e.ready_at, e.id
+                          LIMIT $3) x)"
+        )
+    };
+}
+
+/// An external worker's claim (`POST /jobs/claim`), fast form: queues $5, owner $6; also stamps `leased_at`
+/// (the started_at of the attempt).
 pub const CLAIM_EXTERNAL_FAST_SQL: &str = claim_fast!(
-    "d.external_queue = ANY($5::text[])
-       AND ($6::uuid IS NULL OR EXISTS (SELECT 1 FROM task o WHERE o.id = d.task_id AND o.created_by = $6::uuid))",
+    external_filter!("$5", "$6"),
     ",
            leased_at = (SELECT now FROM clock)"
 );
@@ -284,8 +310,7 @@ pub const CLAIM_EXTERNAL_FAST_SQL: &str = claim_fast!(
 /// An external worker's claim with every policy (misfire, overlap, concurrency keys, expired leases), exactly
 /// as the built-in worker's: queues $6, owner $7.
 pub const CLAIM_EXTERNAL_SQL: &str = claim_full!(
-    "d.external_queue = ANY($6::text[])
-       AND ($7::uuid IS NULL OR EXISTS (SELECT 1 FROM task o WHERE o.id = d.task_id AND o.created_by = $7::uuid))",
+    external_filter!("$6", "$7"),
     ",
            leased_at = (SELECT now FROM clock)"
 );

@@ -61,7 +61,10 @@ impl Bench {
         let db_name = env("BENCH_DB", "orrery_bench_external");
         let admin = connect(&admin_url).await?;
         admin
-            .execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"), &[])
+            .execute(
+                &format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"),
+                &[],
+            )
             .await?;
         admin
             .execute(&format!("CREATE DATABASE {db_name}"), &[])
@@ -194,7 +197,12 @@ impl Proto {
         Ok(v)
     }
 
-    async fn claim(&self, max_jobs: i64, wait: i64, client: &str) -> anyhow::Result<Vec<(i64, i64)>> {
+    async fn claim(
+        &self,
+        max_jobs: i64,
+        wait: i64,
+        client: &str,
+    ) -> anyhow::Result<Vec<(i64, i64)>> {
         let v = self
             .post(
                 "/jobs/claim",
@@ -349,9 +357,8 @@ async fn drain(b: &Bench) -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     let commits = b.commits().await? - commits_before;
     let (ok, distinct): (i64, i64) = {
-        let r = b
-            .db
-            .query_one(
+        let r =
+            b.db.query_one(
                 "SELECT count(*) FILTER (WHERE success), count(DISTINCT due_work_id) FROM task_run",
                 &[],
             )

@@ -634,3 +634,24 @@ async fn external_and_shell_steps_are_validated_when_the_task_is_written() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_claim_over_several_queues_takes_the_most_urgent_job_first() {
+    let app = spawn_app().await;
+    let mut low = external_task("low", "qa");
+    low["priority"] = json!(9);
+    let mut high = external_task("high", "qb");
+    high["priority"] = json!(1);
+    let low = app.task(ADMIN, low).await;
+    let high = app.task(ADMIN, high).await;
+    let mut lows = Vec::new();
+    for _ in 0..3 {
+        lows.push(run_now(&app, ADMIN, &low, json!({})).await);
+    }
+    let urgent = run_now(&app, ADMIN, &high, json!({})).await;
+    let first = claim(&app, ADMIN, json!({"queues": ["qa", "qb"]})).await;
+    assert_eq!(first[0]["job_id"], urgent);
+    let rest = claim(&app, ADMIN, json!({"queues": ["qa", "qb"], "max_jobs": 10})).await;
+    let ids: Vec<i64> = rest.iter().map(|j| j["job_id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, lows, "the rest in ready order");
+}
