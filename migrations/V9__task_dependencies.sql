@@ -61,8 +61,9 @@ CREATE TABLE dependency_gate (
     trace_id   uuid NOT NULL,
     -- The dependent's number of parents when the trace's first parent settled.
     expected   integer NOT NULL CHECK (expected >= 0),
-    arrived    integer NOT NULL CHECK (arrived >= 0),
-    unmet      integer NOT NULL CHECK (unmet >= 0),
+    -- (No CHECK >= 0 on the counters: an upsert's proposed row carries deltas, which a replay makes negative.)
+    arrived    integer NOT NULL,
+    unmet      integer NOT NULL,
     state      text NOT NULL CHECK (state IN ('waiting', 'unmet', 'held', 'fired', 'dropped')),
     -- Set by the statement that moved the gate to `fired` (read from its RETURNING), false otherwise.
     just_fired boolean NOT NULL DEFAULT false,
