@@ -67,6 +67,8 @@ CREATE TABLE dependency_gate (
     state      text NOT NULL CHECK (state IN ('waiting', 'unmet', 'held', 'fired', 'dropped')),
     -- Set by the statement that moved the gate to `fired` (read from its RETURNING), false otherwise.
     just_fired boolean NOT NULL DEFAULT false,
+    -- The dependent's status when the last arrival was counted (locked FOR SHARE by that statement).
+    dependent_status text,
     created_at timestamptz NOT NULL DEFAULT now(),
     decided_at timestamptz,
     PRIMARY KEY (task_id, trace_id)

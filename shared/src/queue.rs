@@ -154,14 +154,15 @@ dep_delta AS (
            sum(CASE WHEN a.first THEN 1 ELSE 0 END)::integer AS arrived,
            sum(CASE WHEN NOT a.met THEN 1 WHEN a.first THEN 0 ELSE -1 END)::integer AS unmet,
            (SELECT count(*) FROM task_dependency e WHERE e.task_id = a.task_id)::integer AS expected,
-           (SELECT c.status FROM dep_child c WHERE c.id = a.task_id) AS child_status
+           c.status AS child_status
       FROM dep_arrived a
-     GROUP BY a.task_id, a.trace_id
+      LEFT JOIN dep_child c ON c.id = a.task_id
+     GROUP BY a.task_id, a.trace_id, c.status
 ),
 dep_gate AS (
     INSERT INTO dependency_gate AS g (task_id, trace_id, expected, arrived, unmet, state, just_fired,
-                                      created_at, decided_at)
-    SELECT d.task_id, d.trace_id, d.expected, d.arrived, d.unmet, s.state, s.state = 'fired',
+                                      dependent_status, created_at, decided_at)
+    SELECT d.task_id, d.trace_id, d.expected, d.arrived, d.unmet, s.state, s.state = 'fired', d.child_status,
            (SELECT now FROM clock), CASE WHEN s.state <> 'waiting' THEN (SELECT now FROM clock) END
       FROM dep_delta d,
            LATERAL (SELECT dependency_gate_state(d.arrived, d.expected, d.unmet, d.child_status) AS state) s
@@ -170,11 +171,11 @@ dep_gate AS (
            unmet = g.unmet + excluded.unmet,
            state = CASE WHEN g.state IN ('fired', 'dropped') THEN g.state
                         ELSE dependency_gate_state(g.arrived + excluded.arrived, g.expected,
-                                                   g.unmet + excluded.unmet,
-                                                   (SELECT c.status FROM dep_child c WHERE c.id = g.task_id)) END,
+                                                   g.unmet + excluded.unmet, excluded.dependent_status) END,
            just_fired = g.state NOT IN ('fired', 'dropped')
                         AND dependency_gate_state(g.arrived + excluded.arrived, g.expected, g.unmet + excluded.unmet,
-                                                  (SELECT c.status FROM dep_child c WHERE c.id = g.task_id)) = 'fired',
+                                                  excluded.dependent_status) = 'fired',
+           dependent_status = excluded.dependent_status,
            decided_at = CASE WHEN g.state IN ('fired', 'dropped') THEN g.decided_at
                              ELSE (SELECT now FROM clock) END
     RETURNING g.task_id, g.trace_id, g.just_fired
