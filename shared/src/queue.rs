@@ -55,7 +55,8 @@ macro_rules! claim_head {
 WITH clock AS (SELECT coalesce($4::timestamptz, now()) AS now),
 candidate AS (
     SELECT d.id, d.task_id, d.run_at, d.ready_at, d.priority, d.concurrency_key, d.overlap, d.catchup,
-           d.misfire_grace_seconds, d.trigger, d.attempt, d.locked_by, d.locked_until, d.event_id, d.event
+           d.misfire_grace_seconds, d.trigger, d.attempt, d.locked_by, d.locked_until, d.event_id, d.event,
+           d.trace_id, d.params
       FROM due_work d
      WHERE d.state = 'pending' AND "#,
             $filter,
@@ -115,6 +116,92 @@ macro_rules! claim_answer {
        c.fencing_token, c.event_id, c.event, c.params,
        t.title, t.payload, t.timeout_seconds, t.max_retries, t.backoff_strategy, c.locked_until,
        coalesce($4::timestamptz, clock_timestamp()), "#
+    };
+}
+
+/// The dependents of parents that reached their final outcome in this statement (docs/flow-control.md#dependencies):
+/// reads a CTE `parent_settled (id, task_id, trace_id, params, outcome, output, run_id)` (outcome `succeeded` or
+/// `dead`) and the `clock` CTE; records each parent's arrival at each of its dependents in the parent's trace
+/// (`dependency_arrival`), counts it on the dependent's gate (`dependency_gate`, upserted: concurrent settlements
+/// of parents of one fan-in serialize on that row) and inserts the dependent's `due_work` row (trigger
+/// `dependency`, the parents' trace) in the statement whose arrival completes the gate. Defines `dep_fired`
+/// (the ids inserted). The dependent's task row is locked `FOR SHARE` so that a concurrent pause or cancel either
+/// sees the new row (pause parks it) or is seen by the gate (held, dropped).
+macro_rules! fire_dependents {
+    () => {
+        r#"dep_hit AS (
+    SELECT DISTINCT ON (e.task_id, p.trace_id, p.task_id)
+           e.task_id, p.trace_id, p.task_id AS parent_task_id, p.outcome,
+           (e.condition = 'any' OR (e.condition = 'success') = (p.outcome = 'succeeded')) AS met,
+           p.id AS parent_due_work_id, p.run_id, e.params AS template,
+           CASE WHEN e.params IS NOT NULL
+                THEN coalesce((SELECT pt.payload->'params' FROM task pt WHERE pt.id = p.task_id), '{}'::jsonb)
+                     || coalesce(p.params, '{}'::jsonb) END AS parent_params,
+           CASE WHEN e.params IS NOT NULL THEN p.output END AS parent_output
+      FROM parent_settled p
+      JOIN task_dependency e ON e.parent_task_id = p.task_id
+     ORDER BY e.task_id, p.trace_id, p.task_id, p.id
+),
+dep_arrived AS (
+    INSERT INTO dependency_arrival AS a (task_id, trace_id, parent_task_id, outcome, met, parent_due_work_id,
+                                         parent_run_id, params_template, parent_params, parent_output, arrived_at)
+    SELECT h.task_id, h.trace_id, h.parent_task_id, h.outcome, h.met, h.parent_due_work_id, h.run_id, h.template,
+           h.parent_params, h.parent_output, (SELECT now FROM clock)
+      FROM dep_hit h
+        ON CONFLICT (task_id, trace_id, parent_task_id) DO UPDATE
+       SET outcome = excluded.outcome, met = excluded.met, parent_due_work_id = excluded.parent_due_work_id,
+           parent_run_id = excluded.parent_run_id, settlements = a.settlements + 1,
+           params_template = excluded.params_template, parent_params = excluded.parent_params,
+           parent_output = excluded.parent_output, arrived_at = excluded.arrived_at
+     WHERE a.met IS DISTINCT FROM excluded.met
+    RETURNING a.task_id, a.trace_id, a.met, a.settlements = 1 AS first
+),
+dep_child AS (
+    SELECT t.id, t.status FROM task t WHERE t.id IN (SELECT task_id FROM dep_arrived) FOR SHARE
+),
+dep_delta AS (
+    SELECT a.task_id, a.trace_id,
+           sum(CASE WHEN a.first THEN 1 ELSE 0 END)::integer AS arrived,
+           sum(CASE WHEN NOT a.met THEN 1 WHEN a.first THEN 0 ELSE -1 END)::integer AS unmet,
+           (SELECT count(*) FROM task_dependency e WHERE e.task_id = a.task_id)::integer AS expected,
+           c.status AS child_status
+      FROM dep_arrived a
+      LEFT JOIN dep_child c ON c.id = a.task_id
+     GROUP BY a.task_id, a.trace_id, c.status
+),
+dep_gate AS (
+    INSERT INTO dependency_gate AS g (task_id, trace_id, expected, arrived, unmet, state, just_fired,
+                                      dependent_status, created_at, decided_at)
+    SELECT d.task_id, d.trace_id, d.expected, d.arrived, d.unmet, s.state, s.state = 'fired', d.child_status,
+           (SELECT now FROM clock), CASE WHEN s.state <> 'waiting' THEN (SELECT now FROM clock) END
+      FROM dep_delta d,
+           LATERAL (SELECT dependency_gate_state(d.arrived, d.expected, d.unmet, d.child_status) AS state) s
+        ON CONFLICT (task_id, trace_id) DO UPDATE
+       SET arrived = g.arrived + excluded.arrived,
+           unmet = g.unmet + excluded.unmet,
+           state = CASE WHEN g.state IN ('fired', 'dropped') THEN g.state
+                        ELSE dependency_gate_state(g.arrived + excluded.arrived, g.expected,
+                                                   g.unmet + excluded.unmet, excluded.dependent_status) END,
+           just_fired = g.state NOT IN ('fired', 'dropped')
+                        AND dependency_gate_state(g.arrived + excluded.arrived, g.expected, g.unmet + excluded.unmet,
+                                                  excluded.dependent_status) = 'fired',
+           dependent_status = excluded.dependent_status,
+           decided_at = CASE WHEN g.state IN ('fired', 'dropped') THEN g.decided_at
+                             ELSE (SELECT now FROM clock) END
+    RETURNING g.task_id, g.trace_id, g.just_fired
+),
+dep_fired AS (
+    INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
+                          misfire_grace_seconds, trigger, trace_id)
+    SELECT t.id, (SELECT now FROM clock), (SELECT now FROM clock), t.priority,
+           coalesce(t.concurrency_key, CASE WHEN t.overlap <> 'allow' THEN 'task:' || t.id::text END),
+           t.overlap, t.catchup, t.misfire_grace_seconds, 'dependency', g.trace_id
+      FROM dep_gate g
+      JOIN task t ON t.id = g.task_id
+     WHERE g.just_fired
+    RETURNING id
+)
+"#
     };
 }
 
@@ -229,16 +316,17 @@ buried AS (
            last_error_kind = 'lease_expired'
       FROM decided x
      WHERE d.id = x.id AND x.action = 'lease_exhausted'
+    RETURNING d.id
 ),
 recorded AS (
     INSERT INTO task_run (task_id, due_work_id, attempt, worker_id, trigger, scheduled_for, started_at,
-                          finished_at, success, error, error_kind, event_id, event)
+                          finished_at, success, error, error_kind, event_id, event, trace_id)
     SELECT x.task_id, x.id, x.attempt, x.locked_by,
            CASE WHEN x.attempt > 1 THEN 'retry' ELSE x.trigger END, x.run_at, NULL::timestamptz,
            (SELECT now FROM clock), false,
            'the lease of worker ' || coalesce(x.locked_by, '?') || ' expired at '
                || x.locked_until::text || ' without a completion',
-           'lease_expired', x.event_id, x.event
+           'lease_expired', x.event_id, x.event, x.trace_id
       FROM decided x
      WHERE x.locked_until IS NOT NULL AND x.attempt > 0 AND x.action <> 'wait'
     UNION ALL
@@ -249,10 +337,21 @@ recorded AS (
              ELSE 'a run of the same task (concurrency key ' || x.concurrency_key
                   || ') was in progress and the overlap policy is skip'
            END,
-           x.action, x.event_id, x.event
+           x.action, x.event_id, x.event, x.trace_id
       FROM decided x
      WHERE x.action IN ('misfired', 'overlap_skipped')
-)
+    RETURNING id, due_work_id, attempt
+),
+-- A lease that expired on the last attempt is the parent's final failure: its dependents are decided here.
+parent_settled AS (
+    SELECT x.id, x.task_id, x.trace_id, x.params, 'dead'::text AS outcome, NULL::jsonb AS output, r.id AS run_id
+      FROM decided x
+      JOIN buried b ON b.id = x.id
+      JOIN recorded r ON r.due_work_id = x.id AND r.attempt = x.attempt
+),
+"#,
+    fire_dependents!(),
+    r#"
 "#,
     claim_answer!(),
     r#"n.examined
@@ -459,10 +558,11 @@ pub struct Completion {
 }
 
 /// Settles a batch in one statement: successes deleted, retries rescheduled, dead rows buried (each only while
-/// the fencing token still matches), their concurrency slots released and one task_run per accepted attempt
-/// inserted. $1 clock, $2 worker id, then the columns of the batch as arrays.
-pub const COMPLETE_SQL: &str = r#"
-WITH clock AS (SELECT coalesce($1::timestamptz, now()) AS now),
+/// the fencing token still matches, and a dead row only once), their concurrency slots released, one task_run per
+/// accepted attempt inserted, and the dependents of the rows that reached their final outcome released
+/// ([`fire_dependents`]) in the same transaction. $1 clock, $2 worker id, then the columns of the batch as arrays.
+pub const COMPLETE_SQL: &str = concat!(
+    r#"WITH clock AS (SELECT coalesce($1::timestamptz, now()) AS now),
 input AS (
     SELECT * FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::float8[], $7::timestamptz[],
                          $8::timestamptz[], $9::text[], $10::text[], $11::jsonb[])
@@ -472,23 +572,26 @@ finished AS (
     DELETE FROM due_work d
      USING input i
      WHERE d.id = i.id AND d.fencing_token = i.fencing AND i.outcome = 'succeeded'
-    RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key, d.event_id, d.event
+    RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key, d.event_id, d.event,
+              d.trace_id, d.params
 ),
 retried AS (
     UPDATE due_work d
        SET ready_at = (SELECT now FROM clock) + make_interval(secs => i.delay),
            locked_by = NULL, locked_until = NULL, last_error = i.error, last_error_kind = i.error_kind
       FROM input i
-     WHERE d.id = i.id AND d.fencing_token = i.fencing AND i.outcome = 'retry'
-    RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key, d.event_id, d.event
+     WHERE d.id = i.id AND d.fencing_token = i.fencing AND i.outcome = 'retry' AND d.state = 'pending'
+    RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key, d.event_id, d.event,
+              d.trace_id, d.params
 ),
 buried AS (
     UPDATE due_work d
        SET state = 'dead', dead_at = (SELECT now FROM clock), locked_by = NULL, locked_until = NULL,
            last_error = i.error, last_error_kind = i.error_kind
       FROM input i
-     WHERE d.id = i.id AND d.fencing_token = i.fencing AND i.outcome = 'dead'
-    RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key, d.event_id, d.event
+     WHERE d.id = i.id AND d.fencing_token = i.fencing AND i.outcome = 'dead' AND d.state = 'pending'
+    RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key, d.event_id, d.event,
+              d.trace_id, d.params
 ),
 settled AS (
     SELECT * FROM finished UNION ALL SELECT * FROM retried UNION ALL SELECT * FROM buried
@@ -500,26 +603,49 @@ released AS (
 ),
 recorded AS (
     INSERT INTO task_run (task_id, due_work_id, attempt, worker_id, trigger, scheduled_for, started_at,
-                          finished_at, success, error, error_kind, output, event_id, event)
+                          finished_at, success, error, error_kind, output, event_id, event, trace_id)
     SELECT x.task_id, x.id, x.attempt, $2, CASE WHEN x.attempt > 1 THEN 'retry' ELSE x.trigger END, x.run_at,
-           i.started_at, i.finished_at, i.outcome = 'succeeded', i.error, i.error_kind, i.output, x.event_id, x.event
+           i.started_at, i.finished_at, i.outcome = 'succeeded', i.error, i.error_kind, i.output, x.event_id, x.event,
+           x.trace_id
       FROM settled x
       JOIN input i ON i.id = x.id
      WHERE EXISTS (SELECT 1 FROM task t WHERE t.id = x.task_id)
-)
-SELECT id FROM settled
-"#;
+    RETURNING id, due_work_id
+),
+parent_settled AS (
+    SELECT x.id, x.task_id, x.trace_id, x.params, i.outcome, i.output, r.id AS run_id
+      FROM settled x
+      JOIN input i ON i.id = x.id
+      JOIN recorded r ON r.due_work_id = x.id
+     WHERE i.outcome IN ('succeeded', 'dead')
+       AND EXISTS (SELECT 1 FROM task_dependency e WHERE e.parent_task_id = x.task_id)
+),
+"#,
+    fire_dependents!(),
+    r#"
+SELECT id, (SELECT count(*) FROM dep_fired) FROM settled
+"#
+);
 
-/// Writes a batch of completions; returns the ids that were accepted (the others lost their lease to a newer
-/// claim, or their task was deleted, and are discarded).
+/// What a completion statement did.
+#[derive(Debug, Default)]
+pub struct CompleteOutcome {
+    /// The ids that were accepted (the others lost their lease to a newer claim, or their task was deleted, and
+    /// are discarded).
+    pub accepted: Vec<i64>,
+    /// Dependent due_work rows this statement inserted (the caller wakes workers for them after it returns).
+    pub dependents_fired: i64,
+}
+
+/// Writes a batch of completions.
 pub async fn complete_batch(
     client: &impl GenericClient,
     worker_id: &str,
     batch: &[Completion],
     clock: Option<DateTime<Utc>>,
-) -> Result<Vec<i64>, tokio_postgres::Error> {
+) -> Result<CompleteOutcome, tokio_postgres::Error> {
     if batch.is_empty() {
-        return Ok(Vec::new());
+        return Ok(CompleteOutcome::default());
     }
     let stmt = client.prepare_cached(COMPLETE_SQL).await?;
     let ids: Vec<i64> = batch.iter().map(|c| c.id).collect();
@@ -546,7 +672,66 @@ pub async fn complete_batch(
             ],
         )
         .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(CompleteOutcome {
+        accepted: rows.iter().map(|r| r.get(0)).collect(),
+        dependents_fired: rows.first().map(|r| r.get(1)).unwrap_or(0),
+    })
+}
+
+/// One parent's final outcome as a dependent run sees it: what its edge's `params` templates render from.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub parent_task_id: Uuid,
+    pub parent_title: Option<String>,
+    pub parent_name: Option<String>,
+    /// `succeeded` or `dead`.
+    pub outcome: String,
+    pub parent_due_work_id: i64,
+    pub parent_run_id: Option<i64>,
+    pub template: Value,
+    pub parent_params: Option<Value>,
+    pub parent_output: Option<Value>,
+    pub error: Option<String>,
+    pub error_kind: Option<String>,
+    pub trace_id: Uuid,
+}
+
+/// The parents of a dependent row whose edges carry `params` templates, in the order of the dependent's `after`.
+pub const UPSTREAM_SQL: &str = r#"
+SELECT a.parent_task_id, t.title, t.name, a.outcome, a.parent_due_work_id, a.parent_run_id, a.params_template,
+       a.parent_params, a.parent_output, r.error, r.error_kind, d.trace_id
+  FROM due_work d
+  JOIN dependency_arrival a ON a.task_id = d.task_id AND a.trace_id = d.trace_id
+  LEFT JOIN task t ON t.id = a.parent_task_id
+  LEFT JOIN task_run r ON r.id = a.parent_run_id
+  LEFT JOIN task_dependency e ON e.task_id = a.task_id AND e.parent_task_id = a.parent_task_id
+ WHERE d.id = $1 AND a.params_template IS NOT NULL
+ ORDER BY e.position NULLS LAST, a.parent_task_id
+"#;
+
+pub async fn upstream(
+    client: &impl GenericClient,
+    due_work_id: i64,
+) -> Result<Vec<Upstream>, tokio_postgres::Error> {
+    let stmt = client.prepare_cached(UPSTREAM_SQL).await?;
+    let rows = client.query(&stmt, &[&due_work_id]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| Upstream {
+            parent_task_id: r.get(0),
+            parent_title: r.get(1),
+            parent_name: r.get(2),
+            outcome: r.get(3),
+            parent_due_work_id: r.get(4),
+            parent_run_id: r.get(5),
+            template: r.get(6),
+            parent_params: r.get(7),
+            parent_output: r.get(8),
+            error: r.get(9),
+            error_kind: r.get(10),
+            trace_id: r.get(11),
+        })
+        .collect())
 }
 
 /// Extends the leases (and concurrency slots) of rows this worker still holds. Returns the ids renewed; a

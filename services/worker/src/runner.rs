@@ -123,6 +123,13 @@ pub async fn run_one(
         }
     };
     let mut ctx = run_context(work, &payload);
+    // A dependent run's params come from its parents' runs (rendered here, merged like run-now params).
+    if work.trigger == "dependency" {
+        match crate::dependency::params(&runner.secrets.pool, work).await {
+            Ok(extra) => ctx.params.extend(extra),
+            Err(failure) => return (None, Err(failure)),
+        }
+    }
     // Only runs whose pipeline reads `secrets.NAME` touch the secret table.
     let names = orrery::secrets::referenced_names(&work.task_payload);
     let secrets = if names.is_empty() {

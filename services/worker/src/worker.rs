@@ -104,6 +104,8 @@ impl Worker {
                 stats: stats.clone(),
                 events: events.clone(),
                 lease_seconds: ws.lease_seconds,
+                hints: hints.clone(),
+                redis: redis.clone(),
             },
             done_rx,
         ));

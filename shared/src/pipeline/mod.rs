@@ -26,7 +26,7 @@ pub use template::{
     condition_expression, contains_template, eval_condition, render, whole_template, TemplateError,
     CONTEXT_ROOTS,
 };
-pub use validate::{is_concrete_topic, validate_payload, FieldError};
+pub use validate::{is_concrete_topic, template_errors, validate_payload, FieldError};
 
 /// Tools a step may use. Anything else is rejected when the task is written.
 pub const KNOWN_TOOLS: &[&str] = &[

@@ -573,6 +573,14 @@ fn is_env_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// Every syntax or name problem of every template in `value` (e.g. a dependency edge's `params`), each at the
+/// path of its string under `path`.
+pub fn template_errors(value: &Value, path: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    check_templates(value, path, &mut errors);
+    errors
+}
+
 /// Reports every syntax or name problem of every template in `value`, at the path of its string.
 fn check_templates(value: &Value, path: &str, errors: &mut Vec<FieldError>) {
     match value {

@@ -481,12 +481,16 @@ async fn settle(
         error_kind: outcome.error.as_ref().map(|_| "external".to_string()),
         output,
     };
-    let accepted = queue::complete_batch(&tx, &worker_id, &[completion], None).await?;
-    if accepted.is_empty() {
+    let settled = queue::complete_batch(&tx, &worker_id, &[completion], None).await?;
+    if settled.accepted.is_empty() {
         // Not expected under the row lock; refuse rather than pretend.
         return Err(conflict(&job, token));
     }
     tx.commit().await?;
+    if settled.dependents_fired > 0 {
+        // The settlement released dependent runs: wake the workers that take them.
+        super::wake_workers(&state, job.task_id);
+    }
     let (name, event, retry_at) = match settlement {
         Settlement::Succeeded => ("succeeded", "succeeded", None),
         Settlement::Retry { delay_seconds } => (

@@ -4,6 +4,7 @@
 mod common;
 
 mod agents;
+mod dependencies;
 mod errors;
 mod events;
 mod first_hour;
