@@ -7,7 +7,8 @@
 #
 # Environment: DATABASE_URL (any database on the server; default postgres://postgres@127.0.0.1:5432/postgres),
 # REDIS_URL (default redis://127.0.0.1:6379), FUZZ_PROFILE (debug|release), FUZZ_MAX_EXAMPLES (per operation,
-# default 40), FUZZ_SEED (reproduce a run), FUZZ_MAX_TIME (seconds, optional).
+# default 40), FUZZ_SEED (reproduce a run), FUZZ_MAX_TIME (seconds, optional). Long-polls of POST /jobs/claim are
+# capped at 1 s (API_JOBS_MAX_WAIT_SECONDS) so that generated wait_seconds values do not stall the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +62,7 @@ log "starting $BIN on 127.0.0.1:$PORT"
 env -i PATH="$PATH" HOME="${HOME:-/root}" \
   DATABASE_URL="$FUZZ_DB_URL" REDIS_URL="$REDIS_URL" REDIS_KEY_PREFIX="fuzz:${SUFFIX}:" \
   API_HOST=127.0.0.1 API_PORT="$PORT" API_WORKERS=2 ORRERY_ADMIN_TOKEN="$ADMIN_TOKEN" ORRERY_SECRETS_KEY="$SECRETS_KEY" LOG_LEVEL=warn \
+  API_JOBS_MAX_WAIT_SECONDS=1 \
   "$BIN" >"$LOG_FILE" 2>&1 &
 API_PID=$!
 for _ in $(seq 1 200); do

@@ -422,7 +422,7 @@ Examples:
   orrery agents create hooks --scope events:publish --webhook-url https://example.com/hook -o json")]
     Create {
         name: String,
-        /// admin, tasks:read, tasks:write, runs:read or events:publish (repeatable)
+        /// admin, tasks:read, tasks:write, runs:read, events:publish or jobs:work (repeatable)
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
         #[arg(long)]

@@ -42,6 +42,8 @@ pub struct Settings {
     pub api_port: u16,
     pub api_workers: usize,
     pub api_body_limit_bytes: usize,
+    /// Longest a `POST /jobs/claim` waits for work, whatever its `wait_seconds` asks (0..=30).
+    pub api_jobs_max_wait_seconds: u32,
     pub orrery_admin_token: Option<SecretString>,
     /// 64 hex characters (32 bytes): encrypts the values of `PUT /secrets` (AES-256-GCM).
     pub orrery_secrets_key: Option<SecretString>,
@@ -74,6 +76,12 @@ pub struct Settings {
     pub worker_http_body_cap_bytes: usize,
     /// CIDRs of loopback/private networks the http.request tool may call (see `http_policy`).
     pub worker_http_allow_cidrs: String,
+    /// The `shell` pipeline tool runs nothing unless this is true.
+    pub worker_shell_enabled: bool,
+    /// Comma-separated absolute paths or globs of the programs `shell` may run (see `shell_policy`).
+    pub worker_shell_allow: String,
+    /// Bytes of stdout and of stderr a `shell` step keeps (each; the rest is counted as truncated).
+    pub worker_shell_output_cap_bytes: usize,
 }
 
 impl fmt::Debug for Settings {
@@ -128,6 +136,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("api_port", "8080"),
     ("api_workers", "0"),
     ("api_body_limit_bytes", "262144"),
+    ("api_jobs_max_wait_seconds", "30"),
     ("scheduler_health_port", "8081"),
     ("scheduler_misfire_grace_time", "30"),
     ("scheduler_lookahead_seconds", "60"),
@@ -150,6 +159,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("worker_shutdown_grace_seconds", "25"),
     ("worker_http_body_cap_bytes", "65536"),
     ("worker_http_allow_cidrs", ""),
+    ("worker_shell_enabled", "false"),
+    ("worker_shell_allow", ""),
+    ("worker_shell_output_cap_bytes", "65536"),
 ];
 
 /// Variables without a default (secrets that are absent unless set).
@@ -301,6 +313,22 @@ impl Settings {
         }
         if let Err(e) = crate::http_policy::HttpPolicy::parse(&self.worker_http_allow_cidrs) {
             return Err(ConfigError::new("WORKER_HTTP_ALLOW_CIDRS", e));
+        }
+        if self.api_jobs_max_wait_seconds > 30 {
+            return Err(ConfigError::new(
+                "API_JOBS_MAX_WAIT_SECONDS",
+                "must be between 0 and 30",
+            ));
+        }
+        if let Err(e) = crate::shell_policy::ShellPolicy::parse(&self.worker_shell_allow) {
+            return Err(ConfigError::new("WORKER_SHELL_ALLOW", e));
+        }
+        if self.worker_shell_output_cap_bytes == 0 || self.worker_shell_output_cap_bytes > 16 << 20
+        {
+            return Err(ConfigError::new(
+                "WORKER_SHELL_OUTPUT_CAP_BYTES",
+                "must be between 1 and 16777216",
+            ));
         }
         if self.worker_max_retries > 10 {
             return Err(ConfigError::new(
@@ -485,6 +513,19 @@ mod tests {
                 .unwrap_err();
         assert_eq!(e.variable, "WORKER_HTTP_ALLOW_CIDRS");
         assert!(e.to_string().contains("intranet"), "{e}");
+        let e = Settings::from_sources(&vars(&[("WORKER_SHELL_ALLOW", "/bin/sh,usr/bin/env")]))
+            .unwrap_err();
+        assert_eq!(e.variable, "WORKER_SHELL_ALLOW");
+        assert!(e.to_string().contains("usr/bin/env"), "{e}");
+        let e = Settings::from_sources(&vars(&[("WORKER_SHELL_ENABLED", "maybe")])).unwrap_err();
+        assert_eq!(e.variable, "WORKER_SHELL_ENABLED");
+        let ok = Settings::from_sources(&vars(&[
+            ("WORKER_SHELL_ENABLED", "true"),
+            ("WORKER_SHELL_ALLOW", "/bin/sh, /usr/bin/*"),
+        ]))
+        .unwrap();
+        assert!(ok.worker_shell_enabled);
+        assert_eq!(ok.worker_shell_output_cap_bytes, 65536);
     }
 
     #[test]

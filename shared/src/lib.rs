@@ -16,6 +16,7 @@ pub use store::queue;
 pub mod runtime;
 pub mod schedule;
 pub mod secrets;
+pub mod shell_policy;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;

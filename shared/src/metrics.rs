@@ -97,6 +97,15 @@ pub static WORK: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers")
 });
 
+pub static EXTERNAL_JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "orrery_external_jobs_total",
+        "external jobs (POST /jobs/*) by outcome: claimed, succeeded, retried, dead, refused",
+        &["outcome"]
+    )
+    .expect("metric registers")
+});
+
 pub static RUN_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "orrery_worker_run_duration_seconds",

@@ -71,7 +71,7 @@ string_enum!(
     /// What to do with a fire while a run of the same task is leased.
     Overlap { Allow => "allow", Skip => "skip", Queue => "queue" }
 );
-string_enum!(Trigger { Schedule => "schedule", Manual => "manual", Event => "event", Retry => "retry" });
+string_enum!(Trigger { Schedule => "schedule", Manual => "manual", Event => "event", Retry => "retry", Dependency => "dependency" });
 string_enum!(
     /// A worker process's lifecycle, as its `worker_heartbeat.state` says.
     WorkerState { Starting => "starting", Running => "running", Draining => "draining", Stopped => "stopped" }
@@ -82,6 +82,7 @@ string_enum!(Scope {
     TasksWrite => "tasks:write",
     RunsRead => "runs:read",
     EventsPublish => "events:publish",
+    JobsWork => "jobs:work",
 });
 
 /// The system agent created by the first migration; its token is `ORRERY_ADMIN_TOKEN`.

@@ -12,7 +12,7 @@ use uuid::Uuid;
 pub struct Agent {
     pub id: Uuid,
     pub name: String,
-    /// Subset of admin, tasks:read, tasks:write, runs:read, events:publish.
+    /// Subset of admin, tasks:read, tasks:write, runs:read, events:publish, jobs:work.
     pub scopes: Vec<String>,
     pub webhook_url: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -107,6 +107,57 @@ pub struct Task {
     pub next_run_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The tasks this task runs after (docs/flow-control.md#dependencies); empty when none.
+    pub after: Vec<Dependency>,
+}
+
+/// One entry of a task's `after`: run once this parent's run of the same trace reaches its final outcome and
+/// the outcome meets `condition`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Dependency {
+    /// The parent as written: its name or its id.
+    pub task: String,
+    /// The parent's id (resolved when the task was written).
+    pub task_id: Uuid,
+    /// success, failure (the parent is dead: retries exhausted or a permanent error) or any.
+    #[schema(pattern = "^(success|failure|any)$")]
+    pub condition: String,
+    /// Templates over the parent's run (`${steps.<name>...}`, `${params...}`, `${task...}`, `${run.outcome}`,
+    /// `${run.error}`) rendered into this task's params for the dependent run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub params: Option<Value>,
+}
+
+/// A parent of a run (GET /runs/{id}): its final outcome in the run's trace.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunParent {
+    pub task_id: Uuid,
+    pub task_name: Option<String>,
+    pub task_title: Option<String>,
+    /// The edge's condition (null if the edge was removed since).
+    pub condition: Option<String>,
+    /// succeeded or dead.
+    pub outcome: String,
+    pub condition_met: bool,
+    /// The parent's final run (its last attempt).
+    pub run_id: Option<i64>,
+    pub due_work_id: i64,
+}
+
+/// A child of a run (GET /runs/{id}): a dependent this run's final outcome arrived at.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunChild {
+    pub task_id: Uuid,
+    pub task_name: Option<String>,
+    pub task_title: Option<String>,
+    pub condition: Option<String>,
+    pub condition_met: bool,
+    /// The dependent's gate in this trace: waiting (other parents have not settled), unmet, held (the dependent
+    /// is paused), fired or dropped (the dependent is canceled).
+    pub gate: Option<String>,
+    /// The dependent's runs in this trace so far.
+    pub run_ids: Vec<i64>,
 }
 
 /// Every column the API reads from `task` (`schedule_anchor` and `materialized_until` are internal: not part of
@@ -114,7 +165,7 @@ pub struct Task {
 pub const TASK_COLUMNS: &str = "id, title, description, created_by, schedule_kind, schedule_expr, timezone, \
      payload, status, priority, dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy, \
      concurrency_key, timeout_seconds, misfire_grace_seconds, catchup, overlap, next_run_at, created_at, \
-     updated_at, schedule_anchor, materialized_until, name";
+     updated_at, schedule_anchor, materialized_until, name, after";
 
 /// A task row with the scheduler's internal columns.
 #[derive(Debug, Clone)]
@@ -153,6 +204,7 @@ impl TaskRow {
                 next_run_at: finite(r, "next_run_at"),
                 created_at: r.get("created_at"),
                 updated_at: r.get("updated_at"),
+                after: serde_json::from_value(r.get::<_, Value>("after")).unwrap_or_default(),
             },
             schedule_anchor: r.get("schedule_anchor"),
             materialized_until: finite(r, "materialized_until"),
@@ -256,10 +308,19 @@ pub struct Run {
     /// The event as the run saw it: `{id, topic, payload, published_at}` (null unless event-triggered).
     #[schema(value_type = Option<Object>)]
     pub event: Option<Value>,
+    /// The run's trace: a root fire and every run it caused through dependencies share it.
+    pub trace_id: Option<Uuid>,
+    /// GET /runs/{id} only: the parents whose outcomes released this run (empty for a root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parents: Option<Vec<RunParent>>,
+    /// GET /runs/{id} only: the dependents this run's final outcome arrived at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children: Option<Vec<RunChild>>,
 }
 
 pub const RUN_COLUMNS: &str = "r.id, r.task_id, r.due_work_id, r.attempt, r.worker_id, r.trigger, \
-     r.scheduled_for, r.started_at, r.finished_at, r.success, r.error, r.error_kind, r.output, r.event_id, r.event";
+     r.scheduled_for, r.started_at, r.finished_at, r.success, r.error, r.error_kind, r.output, r.event_id, r.event, \
+     r.trace_id";
 
 impl Run {
     pub fn from_row(r: &Row, include_errors: bool) -> Self {
@@ -285,6 +346,9 @@ impl Run {
                 .and_then(Value::as_str)
                 .map(str::to_string),
             event: r.get("event"),
+            trace_id: r.get("trace_id"),
+            parents: None,
+            children: None,
         }
     }
 }
@@ -512,4 +576,54 @@ pub struct Reencrypted {
     pub reencrypted: i64,
     /// Id of the current key.
     pub key_id: String,
+}
+
+/// One job handed to an external worker by `POST /jobs/claim`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    /// The `due_work` id; the same for every attempt of one fire, so also the idempotency key.
+    pub job_id: i64,
+    /// Send it back with every heartbeat, completion and failure; a stale token is refused with 409.
+    pub fencing_token: i64,
+    pub task_id: Uuid,
+    pub task_title: String,
+    pub queue: String,
+    /// 1 for the first run of a fire; increases with every retry and every lease that expired.
+    pub attempt: i32,
+    /// `max_retries + 1`: a failure at this attempt (or a non-retryable one) makes the job dead.
+    pub max_attempts: i32,
+    /// `schedule`, `manual`, `event` or `retry` (an attempt after the first).
+    pub trigger: String,
+    /// The nominal fire instant (`run_at`).
+    pub scheduled_for: DateTime<Utc>,
+    /// The task's params merged with the run's (run_now params win).
+    pub params: Value,
+    /// `{id, topic, payload, published_at}` for event-triggered jobs, else null.
+    pub event: Option<Value>,
+    /// The job's idempotency key (the job id, as a string, as `http.request` sends it).
+    pub idempotency_key: String,
+    /// The lease ends here unless a heartbeat extends it; after it, another claim may take the job.
+    pub lease_expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobsClaimed {
+    /// Up to `max_jobs` jobs; empty when none became ready within `wait_seconds`.
+    pub jobs: Vec<Job>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobLease {
+    pub job_id: i64,
+    pub fencing_token: i64,
+    pub lease_expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobSettled {
+    pub job_id: i64,
+    /// `succeeded`, `retry` (runs again after `retry_at`) or `dead` (no retries left, or not retryable).
+    pub outcome: String,
+    /// When the retry becomes ready (outcome `retry` only).
+    pub retry_at: Option<DateTime<Utc>>,
 }

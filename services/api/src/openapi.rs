@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{agents, audit, events, health, queue, runs, schedules, secrets, tasks};
+use crate::routes::{agents, audit, events, health, jobs, queue, runs, schedules, secrets, tasks};
 
 struct BearerAuth;
 
@@ -31,14 +31,15 @@ impl Modify for BearerAuth {
         schedules::preview,
         runs::list, runs::get, runs::latest, runs::task_stats, runs::global_stats,
         queue::summary, queue::dead, queue::replay, queue::delete_dead, queue::workers,
+        jobs::claim, jobs::heartbeat, jobs::complete, jobs::fail,
         events::publish, events::recent, events::topics,
         audit::list,
         secrets::put, secrets::list, secrets::get, secrets::delete, secrets::reencrypt,
         health::live, health::ready, health::health, health::metrics,
         crate::ui::api::me, crate::ui::api::overview, crate::ui::api::tasks, crate::ui::api::facets, crate::ui::api::task_runs, crate::ui::api::attempts, crate::ui::api::task_timeline, crate::ui::api::dead, crate::ui::stream::stream,
     ),
-    components(schemas(crate::error::FieldError)),
-    tags((name = "tasks"), (name = "agents"), (name = "runs"), (name = "queue"), (name = "events"), (name = "audit"), (name = "secrets"), (name = "health"))
+    components(schemas(crate::error::FieldError, crate::models::Dependency, crate::models::RunParent, crate::models::RunChild, tasks::AfterInput)),
+    tags((name = "tasks"), (name = "agents"), (name = "runs"), (name = "queue"), (name = "jobs"), (name = "events"), (name = "audit"), (name = "secrets"), (name = "health"))
 )]
 pub struct ApiDoc;
 

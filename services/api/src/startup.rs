@@ -10,7 +10,7 @@ use orrery::runtime::Context;
 use crate::auth::AuthCache;
 use crate::error::ApiError;
 use crate::input::BodyLimit;
-use crate::routes::{agents, audit, events, health, queue, runs, schedules, secrets, tasks};
+use crate::routes::{agents, audit, events, health, jobs, queue, runs, schedules, secrets, tasks};
 use crate::state::AppState;
 
 pub struct Application {
@@ -94,6 +94,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/dead/{id}", web::delete().to(queue::delete_dead)),
     )
     .route("/workers", web::get().to(queue::workers))
+    .service(
+        web::scope("/jobs")
+            .route("/claim", web::post().to(jobs::claim))
+            .route("/{id}/heartbeat", web::post().to(jobs::heartbeat))
+            .route("/{id}/complete", web::post().to(jobs::complete))
+            .route("/{id}/fail", web::post().to(jobs::fail)),
+    )
     .route("/audit", web::get().to(audit::list))
     .route("/secrets", web::get().to(secrets::list))
     .route("/secrets/reencrypt", web::post().to(secrets::reencrypt))
@@ -133,6 +140,8 @@ impl Application {
             readiness: ctx.readiness.clone(),
             started: Instant::now(),
             clock: ctx.clock.clone(),
+            jobs_ready: tokio::sync::Notify::new(),
+            stop: ctx.stop.clone(),
         });
         if state.settings.admin_token().is_none() {
             tracing::warn!("ORRERY_ADMIN_TOKEN is not set: the system agent cannot authenticate");

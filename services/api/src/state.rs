@@ -20,6 +20,11 @@ pub struct AppState {
     pub started: Instant,
     /// Where handlers read time (runtime `Context::clock`).
     pub clock: Clock,
+    /// Wakes `POST /jobs/claim` requests waiting for work when this process makes work ready (run now,
+    /// replay, a retry due at once); others find it on their next poll.
+    pub jobs_ready: tokio::sync::Notify,
+    /// Turns true when the process is stopping: waiting claims answer at once.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {

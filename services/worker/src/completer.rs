@@ -12,6 +12,8 @@ use crate::db::Db;
 use crate::held::HeldRows;
 use crate::run_events::{RunEvent, RunEvents};
 use crate::stats::Stats;
+use crate::wakeup::Hints;
+use orrery::streams::{Redis, WAKEUP, WAKEUP_MAXLEN};
 
 /// Upper bound of one completion statement.
 const MAX_BATCH: usize = 1000;
@@ -33,6 +35,10 @@ pub struct Completer {
     pub stats: Stats,
     pub events: Arc<RunEvents>,
     pub lease_seconds: f64,
+    /// Dependent work released by a completion is due at once: this worker's claimer is woken directly and
+    /// the others with a hint on `orrery:wakeup`.
+    pub hints: Hints,
+    pub redis: Redis,
 }
 
 pub async fn run(completer: Completer, mut rx: mpsc::UnboundedReceiver<Finished>) {
@@ -72,22 +78,33 @@ async fn flush(completer: &Completer, batch: &mut Vec<Finished>) {
     }
     if !settle.is_empty() {
         let started = std::time::Instant::now();
+        let fired = std::sync::atomic::AtomicI64::new(0);
         let accepted = write_with_retry(completer, "complete", || async {
             let client = completer.db.pool.get().await?;
-            Ok(queue::complete_batch(
+            let outcome = queue::complete_batch(
                 &client,
                 &completer.db.worker_id,
                 &settle,
                 completer.db.clock(),
             )
-            .await?)
+            .await?;
+            fired.store(
+                outcome.dependents_fired,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            Ok(outcome.accepted)
         })
         .await;
+        let fired = fired.load(std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(
             batch = settle.len(),
             complete_us = started.elapsed().as_micros() as u64,
+            dependents_fired = fired,
             "completed"
         );
+        if fired > 0 {
+            wake_for_dependents(completer, fired);
+        }
         let accepted: std::collections::HashSet<i64> = accepted.into_iter().collect();
         for (c, (task_id, attempt)) in settle.iter().zip(meta.iter()) {
             let ok = accepted.contains(&c.id);
@@ -151,6 +168,25 @@ async fn flush(completer: &Completer, batch: &mut Vec<Finished>) {
         );
         completer.held.remove(release.iter().map(|(id, _)| *id));
     }
+}
+
+/// Dependent rows were committed with the batch: wake this worker's claimer at once and tell the other workers
+/// (off the completer's path; a lost hint only delays them to their next poll).
+fn wake_for_dependents(completer: &Completer, fired: i64) {
+    completer.hints.wake();
+    orrery::metrics::WORK
+        .with_label_values(&["dependents_fired"])
+        .inc_by(fired as u64);
+    let redis = completer.redis.clone();
+    tokio::spawn(async move {
+        redis
+            .hint(
+                WAKEUP,
+                WAKEUP_MAXLEN,
+                &[("reason", "dependency".to_string())],
+            )
+            .await;
+    });
 }
 
 /// Retries a write while PostgreSQL is unreachable: the leases are still ours until they expire, and a

@@ -11,6 +11,7 @@
 pub mod claimer;
 pub mod completer;
 pub mod db;
+pub mod dependency;
 pub mod executor;
 pub mod heartbeat;
 pub mod held;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use orrery::clock::Clock;
-use orrery::model::{backoff_delay, BackoffStrategy};
+use orrery::model::{BackoffStrategy, Trigger};
 use orrery::pipeline::Payload;
 use orrery::queue::{ClaimedWork, Completion, Settlement};
 use serde_json::{Map, Value};
@@ -30,6 +30,7 @@ pub struct Runner {
     pub events: Arc<RunEvents>,
     pub redis: Redis,
     pub http: HttpTool,
+    pub shell: crate::executor::ShellTool,
     pub secrets: crate::secrets::SecretReader,
     pub backoff_base: f64,
     pub backoff_max: f64,
@@ -126,6 +127,13 @@ pub async fn run_one(
         }
     };
     let mut ctx = run_context(work, &payload, &runner.clock);
+    // A dependent run's params come from its parents' runs (rendered here, merged like run-now params).
+    if work.trigger == Trigger::Dependency {
+        match crate::dependency::params(&runner.secrets.pool, work).await {
+            Ok(extra) => ctx.params.extend(extra),
+            Err(failure) => return (None, Err(failure)),
+        }
+    }
     // Only runs whose pipeline reads `secrets.NAME` touch the secret table.
     let names = orrery::secrets::referenced_names(&work.task_payload);
     let secrets = if names.is_empty() {
@@ -145,7 +153,7 @@ pub async fn run_one(
         runner.redis.clone(),
         format!("task:{}", work.task_id),
     ));
-    let executor = Executor::new(runner.http.clone(), sink);
+    let executor = Executor::new(runner.http.clone(), sink).with_shell(runner.shell.clone());
     let timeout = Duration::from_secs(work.timeout_seconds.max(1) as u64);
     let (mut output, mut outcome) = executor.run(&payload, &ctx, timeout).await;
     // Whatever a step returned or a server echoed: no secret value leaves the run.
@@ -240,13 +248,15 @@ pub fn decide(
     max: f64,
     jitter: f64,
 ) -> Settlement {
-    if failure.is_retryable() && attempt <= max_retries as i32 {
-        Settlement::Retry {
-            delay_seconds: backoff_delay(strategy, attempt.max(1) as u32, base, max, jitter),
-        }
-    } else {
-        Settlement::Dead
-    }
+    orrery::queue::failure_settlement(
+        failure.is_retryable(),
+        attempt,
+        max_retries,
+        strategy,
+        base,
+        max,
+        jitter,
+    )
 }
 
 #[cfg(test)]

@@ -45,6 +45,16 @@ impl Worker {
         let http = crate::executor::HttpTool::new(policy)
             .map_err(|e| anyhow::anyhow!("cannot build the HTTP client of http.request: {e}"))?
             .with_body_cap(ws.http_body_cap);
+        let shell_policy = orrery::shell_policy::ShellPolicy::parse(&settings.worker_shell_allow)
+            .map_err(|e| anyhow::anyhow!("WORKER_SHELL_ALLOW: {e}"))?;
+        if settings.worker_shell_enabled {
+            tracing::info!(allowed = ?shell_policy.patterns(), "shell tool enabled");
+        }
+        let shell = crate::executor::ShellTool::new(
+            settings.worker_shell_enabled,
+            shell_policy,
+            settings.worker_shell_output_cap_bytes,
+        );
         tracing::info!(worker_id = %worker_id, concurrency = ws.concurrency, batch_size = ws.batch_size,
             lease_seconds = ws.lease_seconds, "worker starting");
 
@@ -95,6 +105,8 @@ impl Worker {
                 stats: stats.clone(),
                 events: events.clone(),
                 lease_seconds: ws.lease_seconds,
+                hints: hints.clone(),
+                redis: redis.clone(),
             },
             done_rx,
         ));
@@ -108,6 +120,7 @@ impl Worker {
             events: events.clone(),
             redis,
             http,
+            shell,
             secrets: crate::secrets::SecretReader {
                 pool: db.pool.clone(),
                 keyring: settings.secrets_keyring(),

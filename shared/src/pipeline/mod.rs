@@ -26,10 +26,28 @@ pub use template::{
     condition_expression, contains_template, eval_condition, render, whole_template, TemplateError,
     CONTEXT_ROOTS,
 };
-pub use validate::{is_concrete_topic, validate_payload, FieldError};
+pub use validate::{is_concrete_topic, template_errors, validate_payload, FieldError};
 
 /// Tools a step may use. Anything else is rejected when the task is written.
-pub const KNOWN_TOOLS: &[&str] = &["http.request", "events.publish", "sleep", "noop"];
+pub const KNOWN_TOOLS: &[&str] = &[
+    "http.request",
+    "events.publish",
+    "sleep",
+    "noop",
+    "shell",
+    "external",
+];
+
+/// The program `shell: true` runs (`/bin/sh -c <command>`); the worker's allow list must name it.
+pub const SHELL_PATH: &str = "/bin/sh";
+
+/// An external queue name: 1 to 100 of `A-Za-z0-9._-`.
+pub fn is_queue_name(name: &str) -> bool {
+    (1..=100).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
 
 /// Methods `http.request` accepts (case-insensitive in payloads; sent upper-case).
 pub const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];

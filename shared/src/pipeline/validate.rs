@@ -39,6 +39,19 @@ const HTTP_KEYS: &[&str] = &[
 ];
 const PUBLISH_KEYS: &[&str] = &["topic", "payload"];
 const SLEEP_KEYS: &[&str] = &["seconds"];
+const EXTERNAL_KEYS: &[&str] = &["queue"];
+const SHELL_KEYS: &[&str] = &[
+    "program",
+    "args",
+    "shell",
+    "command",
+    "env",
+    "cwd",
+    "stdin",
+    "retryable",
+];
+/// Most arguments of one `shell` step.
+const MAX_SHELL_ARGS: usize = 1_000;
 const MAX_TOPIC_LEN: usize = 200;
 
 /// Validates a raw JSON payload at write time and returns the typed payload, or every problem found.
@@ -75,6 +88,17 @@ pub fn validate_payload(raw: &Value) -> Result<Payload, Vec<FieldError>> {
             for (index, raw_step) in steps.iter().enumerate() {
                 if let Some(step) = validate_step(index, raw_step, &mut seen, &mut errors) {
                     pipeline.push(step);
+                }
+            }
+            // An external step hands the whole run to a program outside Orrery: nothing can run around it.
+            if steps.len() > 1 {
+                for (index, raw_step) in steps.iter().enumerate() {
+                    if raw_step.get("uses").and_then(Value::as_str) == Some("external") {
+                        errors.push(FieldError::new(
+                            format!("payload.pipeline[{index}].uses"),
+                            "an external step must be the pipeline's only step",
+                        ));
+                    }
                 }
             }
         }
@@ -205,6 +229,12 @@ fn validate_step(
     }
 
     let condition = optional_string(object, "if", &path, errors);
+    if condition.is_some() && uses == Some("external") {
+        errors.push(FieldError::new(
+            format!("{path}.if"),
+            "an external step cannot be conditional (no template is evaluated before it runs)",
+        ));
+    }
     if let Some(condition) = condition {
         let expr = condition_expression(condition);
         if expr.is_empty() {
@@ -253,6 +283,8 @@ fn check_tool_arguments(
         "http.request" => check_http_request(with, path, errors),
         "events.publish" => check_events_publish(with, path, errors),
         "sleep" => check_sleep(with, path, errors),
+        "shell" => check_shell(with, path, errors),
+        "external" => check_external(with, path, errors),
         // noop takes anything; unknown tools were already reported on `uses`.
         _ => {}
     }
@@ -388,6 +420,165 @@ fn check_sleep(with: &Map<String, Value>, path: &str, errors: &mut Vec<FieldErro
             }
         }
     }
+}
+
+fn check_external(with: &Map<String, Value>, path: &str, errors: &mut Vec<FieldError>) {
+    reject_unknown_keys(with, EXTERNAL_KEYS, path, " for external", errors);
+    match with.get("queue") {
+        None => errors.push(FieldError::new(format!("{path}.queue"), "is required")),
+        Some(Value::String(queue)) if super::is_queue_name(queue) => {}
+        Some(_) => errors.push(FieldError::new(
+            format!("{path}.queue"),
+            "must be a queue name: 1 to 100 characters of A-Z, a-z, 0-9, ., _ and - (no template)",
+        )),
+    }
+}
+
+fn check_shell(with: &Map<String, Value>, path: &str, errors: &mut Vec<FieldError>) {
+    reject_unknown_keys(with, SHELL_KEYS, path, " for shell", errors);
+    let shell = match with.get("shell") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            errors.push(FieldError::new(
+                format!("{path}.shell"),
+                "must be a boolean",
+            ));
+            false
+        }
+    };
+    if shell {
+        for key in ["program", "args"] {
+            if with.contains_key(key) {
+                errors.push(FieldError::new(
+                    format!("{path}.{key}"),
+                    format!(
+                        "is not allowed with shell: true (the program is {}; put the whole command line in command)",
+                        super::SHELL_PATH
+                    ),
+                ));
+            }
+        }
+        match with.get("command") {
+            None => errors.push(FieldError::new(
+                format!("{path}.command"),
+                "is required with shell: true",
+            )),
+            Some(Value::String(c)) if !c.trim().is_empty() => {}
+            Some(_) => errors.push(FieldError::new(
+                format!("{path}.command"),
+                "must be a non-empty string (a command line for /bin/sh -c, templates allowed)",
+            )),
+        }
+    } else {
+        if with.contains_key("command") {
+            errors.push(FieldError::new(
+                format!("{path}.command"),
+                "is only allowed with shell: true; give program and args instead",
+            ));
+        }
+        match with.get("program") {
+            None => errors.push(FieldError::new(format!("{path}.program"), "is required")),
+            Some(Value::String(p)) => {
+                let ok = !p.is_empty()
+                    && p.len() <= 4096
+                    && !super::contains_template(p)
+                    && !p.contains('\0')
+                    && (p.starts_with('/') || !p.contains('/'));
+                if !ok {
+                    errors.push(FieldError::new(
+                        format!("{path}.program"),
+                        "must be an absolute path or a bare program name looked up on the worker's PATH \
+                         (no template; the worker's WORKER_SHELL_ALLOW must allow it)",
+                    ));
+                }
+            }
+            Some(_) => errors.push(FieldError::new(
+                format!("{path}.program"),
+                "must be a string",
+            )),
+        }
+        match with.get("args") {
+            None => {}
+            Some(Value::Array(args)) => {
+                if args.len() > MAX_SHELL_ARGS {
+                    errors.push(FieldError::new(
+                        format!("{path}.args"),
+                        format!("must have at most {MAX_SHELL_ARGS} arguments"),
+                    ));
+                }
+                for (i, arg) in args.iter().enumerate() {
+                    if !arg.is_string() {
+                        errors.push(FieldError::new(
+                            format!("{path}.args[{i}]"),
+                            "must be a string (templates allowed)",
+                        ));
+                    }
+                }
+            }
+            Some(v) if is_whole_template(v) => {}
+            Some(_) => errors.push(FieldError::new(
+                format!("{path}.args"),
+                "must be an array of strings",
+            )),
+        }
+    }
+    match with.get("env") {
+        None => {}
+        Some(Value::Object(env)) => {
+            for (name, value) in env {
+                let field = child_path(&format!("{path}.env"), name);
+                if !is_env_name(name) {
+                    errors.push(FieldError::new(
+                        &field,
+                        "is not a valid environment variable name (a letter or _, then letters, digits or _)",
+                    ));
+                } else if !value.is_string() {
+                    errors.push(FieldError::new(
+                        &field,
+                        "must be a string (templates allowed)",
+                    ));
+                }
+            }
+        }
+        Some(_) => errors.push(FieldError::new(
+            format!("{path}.env"),
+            "must be an object of strings",
+        )),
+    }
+    match with.get("cwd") {
+        None => {}
+        Some(Value::String(cwd)) if cwd.starts_with('/') || super::contains_template(cwd) => {}
+        Some(_) => errors.push(FieldError::new(
+            format!("{path}.cwd"),
+            "must be an absolute path (or a template)",
+        )),
+    }
+    // stdin: any value; a string is written as is, anything else as JSON.
+    match with.get("retryable") {
+        None | Some(Value::Bool(_)) => {}
+        Some(_) => errors.push(FieldError::new(
+            format!("{path}.retryable"),
+            "must be a boolean",
+        )),
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    name.len() <= 256
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Every syntax or name problem of every template in `value` (e.g. a dependency edge's `params`), each at the
+/// path of its string under `path`.
+pub fn template_errors(value: &Value, path: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    check_templates(value, path, &mut errors);
+    errors
 }
 
 /// Reports every syntax or name problem of every template in `value`, at the path of its string.

@@ -36,6 +36,8 @@ pub struct ClaimedWork {
     pub timeout_seconds: i32,
     pub max_retries: i16,
     pub backoff_strategy: crate::model::BackoffStrategy,
+    /// `locked_until` as the claim wrote it.
+    pub lease_expires_at: DateTime<Utc>,
     /// The database clock as the claim statement produced its rows, after every write of the claim (anchor for
     /// started_at / queue lag; at or after `now()` of the claim, hence at or after every claimed `ready_at`).
     pub claimed_at: DateTime<Utc>,
@@ -47,14 +49,18 @@ pub struct ClaimedWork {
 /// Clock and candidates: ready rows, unleased or with an expired lease, whose concurrency key is free, in the
 /// order of the `due_work_claim` index, locked with `SKIP LOCKED`.
 macro_rules! claim_head {
-    () => {
-        r#"
+    ($filter:expr) => {
+        concat!(
+            r#"
 WITH clock AS (SELECT coalesce($4::timestamptz, now()) AS now),
 candidate AS (
     SELECT d.id, d.task_id, d.run_at, d.ready_at, d.priority, d.concurrency_key, d.overlap, d.catchup,
-           d.misfire_grace_seconds, d.trigger, d.attempt, d.locked_by, d.locked_until, d.event_id, d.event
+           d.misfire_grace_seconds, d.trigger, d.attempt, d.locked_by, d.locked_until, d.event_id, d.event,
+           d.trace_id, d.params
       FROM due_work d
-     WHERE d.state = 'pending'
+     WHERE d.state = 'pending' AND "#,
+            $filter,
+            r#"
        AND d.ready_at <= (SELECT now FROM clock)
        AND (d.locked_until IS NULL OR d.locked_until < (SELECT now FROM clock))
        AND (d.concurrency_key IS NULL OR d.overlap = 'skip' OR NOT EXISTS (
@@ -65,6 +71,7 @@ candidate AS (
        FOR UPDATE OF d SKIP LOCKED
 ),
 "#
+        )
     };
 }
 
@@ -78,13 +85,17 @@ macro_rules! claim_misfired {
 
 /// What claiming writes on a row `d`: lease, fresh fencing token, next attempt.
 macro_rules! claim_stamp {
-    () => {
-        r#"    UPDATE due_work d
+    ($extra:literal) => {
+        concat!(
+            r#"    UPDATE due_work d
        SET locked_by = $1,
            locked_until = (SELECT now FROM clock) + make_interval(secs => $2),
            fencing_token = nextval('due_work_fencing'),
-           attempt = d.attempt + 1
+           attempt = d.attempt + 1"#,
+            $extra,
+            r#"
 "#
+        )
     };
 }
 
@@ -92,7 +103,7 @@ macro_rules! claim_stamp {
 macro_rules! claim_returning {
     () => {
         r#"    RETURNING d.id, d.task_id, d.run_at, d.ready_at, d.priority, d.concurrency_key, d.trigger, d.attempt,
-              d.fencing_token, d.event_id, d.event, d.params
+              d.fencing_token, d.event_id, d.event, d.params, d.locked_until
 "#
     };
 }
@@ -104,7 +115,93 @@ macro_rules! claim_answer {
         r#"SELECT c.id, c.task_id, c.run_at, c.ready_at, c.priority, c.concurrency_key, c.trigger, c.attempt,
        c.fencing_token, c.event_id, c.event, c.params,
        t.title AS task_title, t.payload AS task_payload, t.timeout_seconds, t.max_retries, t.backoff_strategy,
-       coalesce($4::timestamptz, clock_timestamp()) AS claimed_at, "#
+       c.locked_until AS lease_expires_at, coalesce($4::timestamptz, clock_timestamp()) AS claimed_at, "#
+    };
+}
+
+/// The dependents of parents that reached their final outcome in this statement (docs/flow-control.md#dependencies):
+/// reads a CTE `parent_settled (id, task_id, trace_id, params, outcome, output, run_id)` (outcome `succeeded` or
+/// `dead`) and the `clock` CTE; records each parent's arrival at each of its dependents in the parent's trace
+/// (`dependency_arrival`), counts it on the dependent's gate (`dependency_gate`, upserted: concurrent settlements
+/// of parents of one fan-in serialize on that row) and inserts the dependent's `due_work` row (trigger
+/// `dependency`, the parents' trace) in the statement whose arrival completes the gate. Defines `dep_fired`
+/// (the ids inserted). The dependent's task row is locked `FOR SHARE` so that a concurrent pause or cancel either
+/// sees the new row (pause parks it) or is seen by the gate (held, dropped).
+macro_rules! fire_dependents {
+    () => {
+        r#"dep_hit AS (
+    SELECT DISTINCT ON (e.task_id, p.trace_id, p.task_id)
+           e.task_id, p.trace_id, p.task_id AS parent_task_id, p.outcome,
+           (e.condition = 'any' OR (e.condition = 'success') = (p.outcome = 'succeeded')) AS met,
+           p.id AS parent_due_work_id, p.run_id, e.params AS template,
+           CASE WHEN e.params IS NOT NULL
+                THEN coalesce((SELECT pt.payload->'params' FROM task pt WHERE pt.id = p.task_id), '{}'::jsonb)
+                     || coalesce(p.params, '{}'::jsonb) END AS parent_params,
+           CASE WHEN e.params IS NOT NULL THEN p.output END AS parent_output
+      FROM parent_settled p
+      JOIN task_dependency e ON e.parent_task_id = p.task_id
+     ORDER BY e.task_id, p.trace_id, p.task_id, p.id
+),
+dep_arrived AS (
+    INSERT INTO dependency_arrival AS a (task_id, trace_id, parent_task_id, outcome, met, parent_due_work_id,
+                                         parent_run_id, params_template, parent_params, parent_output, arrived_at)
+    SELECT h.task_id, h.trace_id, h.parent_task_id, h.outcome, h.met, h.parent_due_work_id, h.run_id, h.template,
+           h.parent_params, h.parent_output, (SELECT now FROM clock)
+      FROM dep_hit h
+        ON CONFLICT (task_id, trace_id, parent_task_id) DO UPDATE
+       SET outcome = excluded.outcome, met = excluded.met, parent_due_work_id = excluded.parent_due_work_id,
+           parent_run_id = excluded.parent_run_id, settlements = a.settlements + 1,
+           params_template = excluded.params_template, parent_params = excluded.parent_params,
+           parent_output = excluded.parent_output, arrived_at = excluded.arrived_at
+     WHERE a.met IS DISTINCT FROM excluded.met
+    RETURNING a.task_id, a.trace_id, a.met, a.settlements = 1 AS first
+),
+dep_child AS (
+    SELECT t.id, t.status FROM task t WHERE t.id IN (SELECT task_id FROM dep_arrived) FOR SHARE
+),
+dep_delta AS (
+    SELECT a.task_id, a.trace_id,
+           sum(CASE WHEN a.first THEN 1 ELSE 0 END)::integer AS arrived,
+           sum(CASE WHEN NOT a.met THEN 1 WHEN a.first THEN 0 ELSE -1 END)::integer AS unmet,
+           (SELECT count(*) FROM task_dependency e WHERE e.task_id = a.task_id)::integer AS expected,
+           c.status AS child_status
+      FROM dep_arrived a
+      LEFT JOIN dep_child c ON c.id = a.task_id
+     GROUP BY a.task_id, a.trace_id, c.status
+),
+dep_gate AS (
+    INSERT INTO dependency_gate AS g (task_id, trace_id, expected, arrived, unmet, state, just_fired,
+                                      dependent_status, created_at, decided_at)
+    SELECT d.task_id, d.trace_id, d.expected, d.arrived, d.unmet, s.state, s.state = 'fired', d.child_status,
+           (SELECT now FROM clock), CASE WHEN s.state <> 'waiting' THEN (SELECT now FROM clock) END
+      FROM dep_delta d,
+           LATERAL (SELECT dependency_gate_state(d.arrived, d.expected, d.unmet, d.child_status) AS state) s
+        ON CONFLICT (task_id, trace_id) DO UPDATE
+       SET arrived = g.arrived + excluded.arrived,
+           unmet = g.unmet + excluded.unmet,
+           state = CASE WHEN g.state IN ('fired', 'dropped') THEN g.state
+                        ELSE dependency_gate_state(g.arrived + excluded.arrived, g.expected,
+                                                   g.unmet + excluded.unmet, excluded.dependent_status) END,
+           just_fired = g.state NOT IN ('fired', 'dropped')
+                        AND dependency_gate_state(g.arrived + excluded.arrived, g.expected, g.unmet + excluded.unmet,
+                                                  excluded.dependent_status) = 'fired',
+           dependent_status = excluded.dependent_status,
+           decided_at = CASE WHEN g.state IN ('fired', 'dropped') THEN g.decided_at
+                             ELSE (SELECT now FROM clock) END
+    RETURNING g.task_id, g.trace_id, g.just_fired
+),
+dep_fired AS (
+    INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
+                          misfire_grace_seconds, trigger, trace_id)
+    SELECT t.id, (SELECT now FROM clock), (SELECT now FROM clock), t.priority,
+           coalesce(t.concurrency_key, CASE WHEN t.overlap <> 'allow' THEN 'task:' || t.id::text END),
+           t.overlap, t.catchup, t.misfire_grace_seconds, 'dependency', g.trace_id
+      FROM dep_gate g
+      JOIN task t ON t.id = g.task_id
+     WHERE g.just_fired
+    RETURNING id
+)
+"#
     };
 }
 
@@ -113,36 +210,42 @@ macro_rules! claim_answer {
 /// grace), it claims them exactly as [`CLAIM_SQL`] would. Otherwise it claims nothing, answers
 /// `simple = false`, and [`claim_batch`] runs [`CLAIM_SQL`], which applies the policies (the candidates' row
 /// locks end with this statement's transaction). Same parameters as [`CLAIM_SQL`] but the last.
-pub const CLAIM_FAST_SQL: &str = concat!(
-    claim_head!(),
-    r#"verdict AS (
+macro_rules! claim_fast {
+    ($filter:expr, $extra:literal) => {
+        concat!(
+            claim_head!($filter),
+            r#"verdict AS (
     SELECT count(*) AS examined,
            coalesce(bool_and(c.concurrency_key IS NULL AND c.locked_until IS NULL AND NOT ("#,
-    claim_misfired!(),
-    r#")), true) AS simple
+            claim_misfired!(),
+            r#")), true) AS simple
       FROM candidate c
 ),
 claimed AS (
 "#,
-    claim_stamp!(),
-    r#"      FROM candidate c
+            claim_stamp!($extra),
+            r#"      FROM candidate c
      WHERE d.id = c.id AND (SELECT simple FROM verdict)
 "#,
-    claim_returning!(),
-    r#")
+            claim_returning!(),
+            r#")
 "#,
-    claim_answer!(),
-    r#"v.examined, v.simple
+            claim_answer!(),
+            r#"v.examined, v.simple
   FROM verdict v
   LEFT JOIN (claimed c JOIN task t ON t.id = c.task_id) ON true
  ORDER BY c.priority, c.ready_at, c.id
 "#
-);
+        )
+    };
+}
 
 /// The claim statement with every policy. $1 worker id, $2 lease seconds, $3 batch size, $4 clock
 /// (NULL = now()), $5 the catch-up `all` limit.
-pub const CLAIM_SQL: &str = concat!(
-    claim_head!(),
+macro_rules! claim_full {
+    ($filter:expr, $extra:literal) => {
+        concat!(
+    claim_head!($filter),
     r#"classified AS (
     SELECT c.*, t.max_retries,
            CASE
@@ -195,7 +298,7 @@ decided AS (
 ),
 claimed AS (
 "#,
-    claim_stamp!(),
+    claim_stamp!($extra),
     r#"      FROM decided x
      WHERE d.id = x.id AND x.action = 'claim'
 "#,
@@ -213,16 +316,17 @@ buried AS (
            last_error_kind = 'lease_expired'
       FROM decided x
      WHERE d.id = x.id AND x.action = 'lease_exhausted'
+    RETURNING d.id
 ),
 recorded AS (
     INSERT INTO task_run (task_id, due_work_id, attempt, worker_id, trigger, scheduled_for, started_at,
-                          finished_at, success, error, error_kind, event_id, event)
+                          finished_at, success, error, error_kind, event_id, event, trace_id)
     SELECT x.task_id, x.id, x.attempt, x.locked_by,
            CASE WHEN x.attempt > 1 THEN 'retry' ELSE x.trigger END, x.run_at, NULL::timestamptz,
            (SELECT now FROM clock), false,
            'the lease of worker ' || coalesce(x.locked_by, '?') || ' expired at '
                || x.locked_until::text || ' without a completion',
-           'lease_expired', x.event_id, x.event
+           'lease_expired', x.event_id, x.event, x.trace_id
       FROM decided x
      WHERE x.locked_until IS NOT NULL AND x.attempt > 0 AND x.action <> 'wait'
     UNION ALL
@@ -233,10 +337,21 @@ recorded AS (
              ELSE 'a run of the same task (concurrency key ' || x.concurrency_key
                   || ') was in progress and the overlap policy is skip'
            END,
-           x.action, x.event_id, x.event
+           x.action, x.event_id, x.event, x.trace_id
       FROM decided x
      WHERE x.action IN ('misfired', 'overlap_skipped')
-)
+    RETURNING id, due_work_id, attempt
+),
+-- A lease that expired on the last attempt is the parent's final failure: its dependents are decided here.
+parent_settled AS (
+    SELECT x.id, x.task_id, x.trace_id, x.params, 'dead'::text AS outcome, NULL::jsonb AS output, r.id AS run_id
+      FROM decided x
+      JOIN buried b ON b.id = x.id
+      JOIN recorded r ON r.due_work_id = x.id AND r.attempt = x.attempt
+),
+"#,
+    fire_dependents!(),
+    r#"
 "#,
     claim_answer!(),
     r#"n.examined
@@ -244,6 +359,59 @@ recorded AS (
   LEFT JOIN (claimed c JOIN task t ON t.id = c.task_id) ON true
  ORDER BY c.priority, c.ready_at, c.id
 "#
+        )
+    };
+}
+
+/// The built-in worker's claim: only work that no external worker runs. The filter is the `due_work_claim`
+/// index predicate, so the plan is that index's scan, as it was before external work existed.
+pub const CLAIM_FAST_SQL: &str = claim_fast!("d.external_queue IS NULL", "");
+
+/// The built-in worker's claim with every policy. $1 worker id, $2 lease seconds, $3 batch size, $4 clock
+/// (NULL = now()), $5 the catch-up `all` limit.
+pub const CLAIM_SQL: &str = claim_full!("d.external_queue IS NULL", "");
+
+/// Which rows an external claim may take: the first `$3` unleased ready rows of each named queue (`$queues`) in
+/// claim order, read from the `due_work_external_claim` index one queue at a time (a plain
+/// `external_queue = ANY(..)` cannot use the index's order and sorts the whole queue), of tasks created by
+/// `$owner` (NULL = any owner: an admin caller). The claim then orders, locks and decides on these candidates
+/// exactly as the built-in claim does.
+macro_rules! external_filter {
+    ($queues:literal, $owner:literal) => {
+        concat!(
+            "d.id IN (
+           SELECT x.id FROM unnest(",
+            $queues,
+            "::text[]) AS q(name),
+                LATERAL (SELECT e.id FROM due_work e
+                          WHERE e.state = 'pending' AND e.external_queue = q.name
+                            AND e.ready_at <= (SELECT now FROM clock)
+                            AND (e.locked_until IS NULL OR e.locked_until < (SELECT now FROM clock))
+                            AND (",
+            $owner,
+            "::uuid IS NULL OR EXISTS (SELECT 1 FROM task o WHERE o.id = e.task_id AND o.created_by = ",
+            $owner,
+            "::uuid))
+                          ORDER BY e.priority, e.ready_at, e.id
+                          LIMIT $3) x)"
+        )
+    };
+}
+
+/// An external worker's claim (`POST /jobs/claim`), fast form: queues $5, owner $6; also stamps `leased_at`
+/// (the started_at of the attempt).
+pub const CLAIM_EXTERNAL_FAST_SQL: &str = claim_fast!(
+    external_filter!("$5", "$6"),
+    ",
+           leased_at = (SELECT now FROM clock)"
+);
+
+/// An external worker's claim with every policy (misfire, overlap, concurrency keys, expired leases), exactly
+/// as the built-in worker's: queues $6, owner $7.
+pub const CLAIM_EXTERNAL_SQL: &str = claim_full!(
+    external_filter!("$6", "$7"),
+    ",
+           leased_at = (SELECT now FROM clock)"
 );
 
 /// What one claim statement did.
@@ -287,6 +455,51 @@ pub async fn claim_batch(
     outcome(&rows)
 }
 
+/// Claims up to `limit` ready rows of the external `queues` for an external worker (`locked_by` names it),
+/// restricted to the tasks of `owner` unless None. The same two-step claim as [`claim_batch`].
+#[allow(clippy::too_many_arguments)]
+pub async fn claim_external_batch(
+    client: &impl GenericClient,
+    locked_by: &str,
+    lease_seconds: f64,
+    limit: i64,
+    queues: &[String],
+    owner: Option<Uuid>,
+    clock: Option<DateTime<Utc>>,
+) -> Result<ClaimOutcome, tokio_postgres::Error> {
+    let fast = client.prepare_cached(CLAIM_EXTERNAL_FAST_SQL).await?;
+    let rows = client
+        .query(
+            &fast,
+            &[&locked_by, &lease_seconds, &limit, &clock, &queues, &owner],
+        )
+        .await?;
+    if rows
+        .first()
+        .map(|r| r.get::<_, bool>("simple"))
+        .unwrap_or(true)
+    {
+        return outcome(&rows);
+    }
+    let stmt = client.prepare_cached(CLAIM_EXTERNAL_SQL).await?;
+    let catchup_limit = crate::model::CATCHUP_ALL_LIMIT as i64;
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &locked_by,
+                &lease_seconds,
+                &limit,
+                &clock,
+                &catchup_limit,
+                &queues,
+                &owner,
+            ],
+        )
+        .await?;
+    outcome(&rows)
+}
+
 /// Reads the answer of either claim statement (same leading columns).
 fn outcome(rows: &[tokio_postgres::Row]) -> Result<ClaimOutcome, tokio_postgres::Error> {
     let examined = rows
@@ -315,6 +528,7 @@ fn outcome(rows: &[tokio_postgres::Row]) -> Result<ClaimOutcome, tokio_postgres:
                 timeout_seconds: r.try_get("timeout_seconds")?,
                 max_retries: r.try_get("max_retries")?,
                 backoff_strategy: r.try_get("backoff_strategy")?,
+                lease_expires_at: r.try_get("lease_expires_at")?,
                 claimed_at: r.try_get("claimed_at")?,
             })
         })
@@ -357,10 +571,11 @@ pub struct Completion {
 }
 
 /// Settles a batch in one statement: successes deleted, retries rescheduled, dead rows buried (each only while
-/// the fencing token still matches), their concurrency slots released and one task_run per accepted attempt
-/// inserted. $1 clock, $2 worker id, then the columns of the batch as arrays.
-pub const COMPLETE_SQL: &str = r#"
-WITH clock AS (SELECT coalesce($1::timestamptz, now()) AS now),
+/// the fencing token still matches, and a dead row only once), their concurrency slots released, one task_run per
+/// accepted attempt inserted, and the dependents of the rows that reached their final outcome released
+/// ([`fire_dependents`]) in the same transaction. $1 clock, $2 worker id, then the columns of the batch as arrays.
+pub const COMPLETE_SQL: &str = concat!(
+    r#"WITH clock AS (SELECT coalesce($1::timestamptz, now()) AS now),
 input AS (
     SELECT * FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::float8[], $7::timestamptz[],
                          $8::timestamptz[], $9::text[], $10::text[], $11::jsonb[])
@@ -370,23 +585,26 @@ finished AS (
     DELETE FROM due_work d
      USING input i
      WHERE d.id = i.id AND d.fencing_token = i.fencing AND i.outcome = 'succeeded'
-    RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key, d.event_id, d.event
+    RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key, d.event_id, d.event,
+              d.trace_id, d.params
 ),
 retried AS (
     UPDATE due_work d
        SET ready_at = (SELECT now FROM clock) + make_interval(secs => i.delay),
            locked_by = NULL, locked_until = NULL, last_error = i.error, last_error_kind = i.error_kind
       FROM input i
-     WHERE d.id = i.id AND d.fencing_token = i.fencing AND i.outcome = 'retry'
-    RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key, d.event_id, d.event
+     WHERE d.id = i.id AND d.fencing_token = i.fencing AND i.outcome = 'retry' AND d.state = 'pending'
+    RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key, d.event_id, d.event,
+              d.trace_id, d.params
 ),
 buried AS (
     UPDATE due_work d
        SET state = 'dead', dead_at = (SELECT now FROM clock), locked_by = NULL, locked_until = NULL,
            last_error = i.error, last_error_kind = i.error_kind
       FROM input i
-     WHERE d.id = i.id AND d.fencing_token = i.fencing AND i.outcome = 'dead'
-    RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key, d.event_id, d.event
+     WHERE d.id = i.id AND d.fencing_token = i.fencing AND i.outcome = 'dead' AND d.state = 'pending'
+    RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key, d.event_id, d.event,
+              d.trace_id, d.params
 ),
 settled AS (
     SELECT * FROM finished UNION ALL SELECT * FROM retried UNION ALL SELECT * FROM buried
@@ -398,26 +616,49 @@ released AS (
 ),
 recorded AS (
     INSERT INTO task_run (task_id, due_work_id, attempt, worker_id, trigger, scheduled_for, started_at,
-                          finished_at, success, error, error_kind, output, event_id, event)
+                          finished_at, success, error, error_kind, output, event_id, event, trace_id)
     SELECT x.task_id, x.id, x.attempt, $2, CASE WHEN x.attempt > 1 THEN 'retry' ELSE x.trigger END, x.run_at,
-           i.started_at, i.finished_at, i.outcome = 'succeeded', i.error, i.error_kind, i.output, x.event_id, x.event
+           i.started_at, i.finished_at, i.outcome = 'succeeded', i.error, i.error_kind, i.output, x.event_id, x.event,
+           x.trace_id
       FROM settled x
       JOIN input i ON i.id = x.id
      WHERE EXISTS (SELECT 1 FROM task t WHERE t.id = x.task_id)
-)
-SELECT id FROM settled
-"#;
+    RETURNING id, due_work_id
+),
+parent_settled AS (
+    SELECT x.id, x.task_id, x.trace_id, x.params, i.outcome, i.output, r.id AS run_id
+      FROM settled x
+      JOIN input i ON i.id = x.id
+      JOIN recorded r ON r.due_work_id = x.id
+     WHERE i.outcome IN ('succeeded', 'dead')
+       AND EXISTS (SELECT 1 FROM task_dependency e WHERE e.parent_task_id = x.task_id)
+),
+"#,
+    fire_dependents!(),
+    r#"
+SELECT id, (SELECT count(*) FROM dep_fired) AS dependents_fired FROM settled
+"#
+);
 
-/// Writes a batch of completions; returns the ids that were accepted (the others lost their lease to a newer
-/// claim, or their task was deleted, and are discarded).
+/// What a completion statement did.
+#[derive(Debug, Default)]
+pub struct CompleteOutcome {
+    /// The ids that were accepted (the others lost their lease to a newer claim, or their task was deleted, and
+    /// are discarded).
+    pub accepted: Vec<i64>,
+    /// Dependent due_work rows this statement inserted (the caller wakes workers for them after it returns).
+    pub dependents_fired: i64,
+}
+
+/// Writes a batch of completions.
 pub async fn complete_batch(
     client: &impl GenericClient,
     worker_id: &str,
     batch: &[Completion],
     clock: Option<DateTime<Utc>>,
-) -> Result<Vec<i64>, tokio_postgres::Error> {
+) -> Result<CompleteOutcome, tokio_postgres::Error> {
     if batch.is_empty() {
-        return Ok(Vec::new());
+        return Ok(CompleteOutcome::default());
     }
     let stmt = client.prepare_cached(COMPLETE_SQL).await?;
     let ids: Vec<i64> = batch.iter().map(|c| c.id).collect();
@@ -444,7 +685,66 @@ pub async fn complete_batch(
             ],
         )
         .await?;
-    Ok(rows.iter().map(|r| r.get("id")).collect())
+    Ok(CompleteOutcome {
+        accepted: rows.iter().map(|r| r.get("id")).collect(),
+        dependents_fired: rows.first().map(|r| r.get("dependents_fired")).unwrap_or(0),
+    })
+}
+
+/// One parent's final outcome as a dependent run sees it: what its edge's `params` templates render from.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub parent_task_id: Uuid,
+    pub parent_title: Option<String>,
+    pub parent_name: Option<String>,
+    /// `succeeded` or `dead`.
+    pub outcome: String,
+    pub parent_due_work_id: i64,
+    pub parent_run_id: Option<i64>,
+    pub template: Value,
+    pub parent_params: Option<Value>,
+    pub parent_output: Option<Value>,
+    pub error: Option<String>,
+    pub error_kind: Option<String>,
+    pub trace_id: Uuid,
+}
+
+/// The parents of a dependent row whose edges carry `params` templates, in the order of the dependent's `after`.
+pub const UPSTREAM_SQL: &str = r#"
+SELECT a.parent_task_id, t.title, t.name, a.outcome, a.parent_due_work_id, a.parent_run_id, a.params_template,
+       a.parent_params, a.parent_output, r.error, r.error_kind, d.trace_id
+  FROM due_work d
+  JOIN dependency_arrival a ON a.task_id = d.task_id AND a.trace_id = d.trace_id
+  LEFT JOIN task t ON t.id = a.parent_task_id
+  LEFT JOIN task_run r ON r.id = a.parent_run_id
+  LEFT JOIN task_dependency e ON e.task_id = a.task_id AND e.parent_task_id = a.parent_task_id
+ WHERE d.id = $1 AND a.params_template IS NOT NULL
+ ORDER BY e.position NULLS LAST, a.parent_task_id
+"#;
+
+pub async fn upstream(
+    client: &impl GenericClient,
+    due_work_id: i64,
+) -> Result<Vec<Upstream>, tokio_postgres::Error> {
+    let stmt = client.prepare_cached(UPSTREAM_SQL).await?;
+    let rows = client.query(&stmt, &[&due_work_id]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| Upstream {
+            parent_task_id: r.get("parent_task_id"),
+            parent_title: r.get("title"),
+            parent_name: r.get("name"),
+            outcome: r.get("outcome"),
+            parent_due_work_id: r.get("parent_due_work_id"),
+            parent_run_id: r.get("parent_run_id"),
+            template: r.get("params_template"),
+            parent_params: r.get("parent_params"),
+            parent_output: r.get("parent_output"),
+            error: r.get("error"),
+            error_kind: r.get("error_kind"),
+            trace_id: r.get("trace_id"),
+        })
+        .collect())
 }
 
 /// Extends the leases (and concurrency slots) of rows this worker still holds. Returns the ids renewed; a
@@ -527,7 +827,7 @@ SELECT extract(epoch FROM (
     SELECT min(n.ready_at)
       FROM generate_series(1, 9) AS p(priority),
            LATERAL (SELECT d.ready_at FROM due_work d
-                     WHERE d.state = 'pending' AND d.priority = p.priority
+                     WHERE d.state = 'pending' AND d.external_queue IS NULL AND d.priority = p.priority
                        AND d.ready_at > (SELECT now FROM clock)
                      ORDER BY d.ready_at LIMIT 1) n
 ) - (SELECT now FROM clock))::float8 AS seconds
@@ -581,4 +881,135 @@ pub async fn heartbeat(
         )
         .await?;
     Ok(())
+}
+
+// --- External jobs ------------------------------------------------------------------------------------------
+//
+// Work of tasks whose pipeline is one `external` step is claimed over HTTP (`POST /jobs/claim`) by programs
+// outside Orrery, with the claim statements above (`claim_external_batch`), and settled with the same
+// `complete_batch` as the built-in worker's: the fencing token decides, and everything downstream (retries,
+// dead work, task_run) is the same.
+
+/// An external job as a heartbeat, completion or failure finds it.
+#[derive(Debug, Clone)]
+pub struct ExternalJob {
+    pub id: i64,
+    pub task_id: Uuid,
+    pub fencing_token: i64,
+    pub attempt: i32,
+    pub state: String,
+    pub locked_by: Option<String>,
+    pub locked_until: Option<DateTime<Utc>>,
+    pub leased_at: Option<DateTime<Utc>>,
+    pub max_retries: i16,
+    pub backoff_strategy: crate::model::BackoffStrategy,
+    /// The database clock when it was read.
+    pub now: DateTime<Utc>,
+    /// The id of the task's external step (its result is stored under `steps.<id>`).
+    pub step_id: Option<String>,
+}
+
+/// How a failed attempt settles: retried after the task's backoff while it is retryable and
+/// `attempt ≤ max_retries` (so at most `max_retries + 1` attempts), otherwise dead. `jitter` ∈ [0, 1).
+pub fn failure_settlement(
+    retryable: bool,
+    attempt: i32,
+    max_retries: i16,
+    strategy: crate::model::BackoffStrategy,
+    base: f64,
+    max: f64,
+    jitter: f64,
+) -> Settlement {
+    if retryable && attempt <= max_retries as i32 {
+        Settlement::Retry {
+            delay_seconds: crate::model::backoff_delay(
+                strategy,
+                attempt.max(1) as u32,
+                base,
+                max,
+                jitter,
+            ),
+        }
+    } else {
+        Settlement::Dead
+    }
+}
+
+/// $1 job id, $2 owner (NULL = any), $3 clock. Only rows of external queues; the row is locked so that the
+/// decision taken on it (settle or refuse) cannot race a claim.
+pub const EXTERNAL_JOB_SQL: &str = r#"
+SELECT d.id, d.task_id, d.fencing_token, d.attempt, d.state, d.locked_by, d.locked_until, d.leased_at,
+       t.max_retries, t.backoff_strategy, coalesce($3::timestamptz, clock_timestamp()) AS now,
+       t.payload #>> '{pipeline,0,id}' AS step_id
+  FROM due_work d
+  JOIN task t ON t.id = d.task_id
+ WHERE d.id = $1 AND d.external_queue IS NOT NULL AND ($2::uuid IS NULL OR t.created_by = $2::uuid)
+   FOR UPDATE OF d
+"#;
+
+pub async fn external_job(
+    client: &impl GenericClient,
+    id: i64,
+    owner: Option<Uuid>,
+    clock: Option<DateTime<Utc>>,
+) -> Result<Option<ExternalJob>, tokio_postgres::Error> {
+    let stmt = client.prepare_cached(EXTERNAL_JOB_SQL).await?;
+    Ok(client
+        .query_opt(&stmt, &[&id, &owner, &clock])
+        .await?
+        .map(|r| ExternalJob {
+            id: r.get("id"),
+            task_id: r.get("task_id"),
+            fencing_token: r.get("fencing_token"),
+            attempt: r.get("attempt"),
+            state: r.get("state"),
+            locked_by: r.get("locked_by"),
+            locked_until: r.get("locked_until"),
+            leased_at: r.get("leased_at"),
+            max_retries: r.get("max_retries"),
+            backoff_strategy: r.get("backoff_strategy"),
+            now: r.get("now"),
+            step_id: r.get("step_id"),
+        }))
+}
+
+/// Extends the lease of one external job (and its concurrency slot) to now + $4 seconds while the fencing token
+/// matches and the lease has not expired, like [`RENEW_SQL`]: an expired lease may already have been taken by
+/// another claim, or its concurrency slot by another run. $1 clock, $2 id, $3 fencing token, $5 owner.
+pub const RENEW_EXTERNAL_SQL: &str = r#"
+WITH clock AS (SELECT coalesce($1::timestamptz, now()) AS now),
+renewed AS (
+    UPDATE due_work d
+       SET locked_until = (SELECT now FROM clock) + make_interval(secs => $4)
+     WHERE d.id = $2 AND d.fencing_token = $3 AND d.state = 'pending' AND d.external_queue IS NOT NULL
+       AND d.locked_until >= (SELECT now FROM clock)
+       AND ($5::uuid IS NULL OR EXISTS (SELECT 1 FROM task t WHERE t.id = d.task_id AND t.created_by = $5::uuid))
+    RETURNING d.id, d.concurrency_key, d.locked_until
+),
+slots AS (
+    UPDATE concurrency_slot s
+       SET locked_until = r.locked_until
+      FROM renewed r
+     WHERE s.key = r.concurrency_key AND s.due_work_id = r.id
+)
+SELECT locked_until FROM renewed
+"#;
+
+/// The new `locked_until`, or None when the job is not held with this token (or its lease already expired).
+pub async fn renew_external(
+    client: &impl GenericClient,
+    id: i64,
+    fencing_token: i64,
+    lease_seconds: f64,
+    owner: Option<Uuid>,
+    clock: Option<DateTime<Utc>>,
+) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error> {
+    let stmt = client.prepare_cached(RENEW_EXTERNAL_SQL).await?;
+    Ok(client
+        .query_opt(
+            &stmt,
+            &[&clock, &id, &fencing_token, &lease_seconds, &owner],
+        )
+        .await?
+        .map(|r| r.get(0)))
 }

@@ -27,6 +27,8 @@ pub struct NewWork {
     pub params: Option<Value>,
     pub event_id: Option<String>,
     pub event: Option<Value>,
+    /// The dependency trace the work belongs to; None: a fresh one (a root fire).
+    pub trace_id: Option<Uuid>,
 }
 
 impl NewWork {
@@ -39,6 +41,7 @@ impl NewWork {
             params: None,
             event_id: None,
             event: None,
+            trace_id: None,
         }
     }
 
@@ -78,15 +81,17 @@ static ENQUEUE: LazyLock<String> = LazyLock::new(|| {
         "WITH u AS (
              SELECT x.task_id, coalesce(x.run_at, $8::timestamptz, now()) AS run_at,
                     CASE WHEN x.ready_now THEN coalesce($8::timestamptz, now()) ELSE x.ready_at END AS ready_at,
-                    x.trigger, x.params, x.event_id, x.event, x.n
+                    x.trigger, x.params, x.event_id, x.event, coalesce(x.trace_id, gen_random_uuid()) AS trace_id, x.n
                FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::jsonb[], $6::text[],
-                           $7::jsonb[], $9::bool[])
-                    WITH ORDINALITY AS x(task_id, run_at, ready_at, trigger, params, event_id, event, ready_now, n)
+                           $7::jsonb[], $9::bool[], $10::uuid[])
+                    WITH ORDINALITY AS x(task_id, run_at, ready_at, trigger, params, event_id, event, ready_now,
+                                         trace_id, n)
          )
          INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                               misfire_grace_seconds, trigger, params, event_id, event)
+                               misfire_grace_seconds, trigger, params, event_id, event, external_queue, trace_id)
          SELECT t.id, u.run_at, coalesce(u.ready_at, u.run_at), t.priority, {TASK_CONCURRENCY_KEY}, t.overlap,
-                t.catchup, t.misfire_grace_seconds, u.trigger, u.params, u.event_id, u.event
+                t.catchup, t.misfire_grace_seconds, u.trigger, u.params, u.event_id, u.event, t.external_queue,
+                u.trace_id
            FROM u JOIN task t ON t.id = u.task_id
           ORDER BY u.n
          ON CONFLICT DO NOTHING
@@ -94,7 +99,7 @@ static ENQUEUE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Inserts work for tasks, copying each task's policies and deriving its concurrency key. A scheduled fire that
+/// Inserts work for tasks, copying each task's policies (and its external queue) and deriving its concurrency key. A scheduled fire that
 /// exists already (task, run_at) and an event already delivered to the task (task, event_id) are left out, as is
 /// work of a task that no longer exists. Returns the rows created.
 pub async fn enqueue(
@@ -115,6 +120,7 @@ pub async fn enqueue(
         })
         .collect();
     let ready_now: Vec<bool> = work.iter().map(|w| w.ready == Ready::Now).collect();
+    let trace_id: Vec<Option<Uuid>> = work.iter().map(|w| w.trace_id).collect();
     let trigger: Vec<&str> = work.iter().map(|w| w.trigger.as_str()).collect();
     let params: Vec<Option<&Value>> = work.iter().map(|w| w.params.as_ref()).collect();
     let event_id: Vec<Option<&str>> = work.iter().map(|w| w.event_id.as_deref()).collect();
@@ -133,6 +139,7 @@ pub async fn enqueue(
                 &event,
                 &clock.param(),
                 &ready_now,
+                &trace_id,
             ],
         )
         .await?;
@@ -150,7 +157,8 @@ pub async fn enqueue(
 static RESTAMP: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE due_work d SET priority = t.priority, concurrency_key = {TASK_CONCURRENCY_KEY},
-                overlap = t.overlap, catchup = t.catchup, misfire_grace_seconds = t.misfire_grace_seconds
+                overlap = t.overlap, catchup = t.catchup, misfire_grace_seconds = t.misfire_grace_seconds,
+                external_queue = t.external_queue
            FROM task t
           WHERE t.id = $1 AND d.task_id = t.id AND d.state = 'pending'
             AND (d.locked_until IS NULL OR d.locked_until < coalesce($2::timestamptz, now()))"
@@ -364,8 +372,9 @@ pub async fn lock_dead(c: &impl GenericClient, id: i64) -> Result<Option<(Uuid, 
 pub async fn replay_dead(c: &impl GenericClient, id: i64, clock: &Clock) -> Result<u64, Error> {
     let st = c
         .prepare_cached(
-            "UPDATE due_work SET state = 'pending', attempt = 0, ready_at = coalesce($2::timestamptz, now()),
-                    locked_by = NULL, locked_until = NULL, dead_at = NULL
+            "UPDATE due_work d SET state = 'pending', attempt = 0, ready_at = coalesce($2::timestamptz, now()),
+                    locked_by = NULL, locked_until = NULL, dead_at = NULL,
+                    external_queue = (SELECT t.external_queue FROM task t WHERE t.id = d.task_id)
               WHERE id = $1 AND state = 'dead'",
         )
         .await?;
@@ -378,4 +387,30 @@ pub async fn delete_dead(c: &impl GenericClient, id: i64) -> Result<Option<Uuid>
         .prepare_cached("DELETE FROM due_work WHERE id = $1 AND state = 'dead' RETURNING task_id")
         .await?;
     Ok(c.query_opt(&st, &[&id]).await?.map(|r| r.get("task_id")))
+}
+
+/// Resume of a dependent task: every held dependency gate of the task fires now, one work item each, in the
+/// gate's trace. Returns the rows created.
+pub async fn release_held_dependents(
+    c: &impl GenericClient,
+    task_id: Uuid,
+    clock: &Clock,
+) -> Result<u64, Error> {
+    let st = c
+        .prepare_cached(
+            "UPDATE dependency_gate SET state = 'fired', decided_at = coalesce($2::timestamptz, now())
+              WHERE task_id = $1 AND state = 'held'
+             RETURNING trace_id",
+        )
+        .await?;
+    let work: Vec<NewWork> = c
+        .query(&st, &[&task_id, &clock.param()])
+        .await?
+        .iter()
+        .map(|r| NewWork {
+            trace_id: Some(r.get("trace_id")),
+            ..NewWork::new(task_id, Trigger::Dependency)
+        })
+        .collect();
+    Ok(enqueue(c, &work, clock).await?.len() as u64)
 }

@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod audit;
+pub mod dependencies;
 pub mod events;
 pub mod queue;
 pub mod runs;

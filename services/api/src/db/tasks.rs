@@ -32,6 +32,8 @@ pub struct TaskValues {
     pub misfire_grace_seconds: i32,
     pub catchup: String,
     pub overlap: String,
+    /// The stored `after` (resolved entries, see `models::Dependency`).
+    pub after: Value,
 }
 
 impl TaskValues {
@@ -55,6 +57,7 @@ impl TaskValues {
             misfire_grace_seconds: t.misfire_grace_seconds,
             catchup: t.catchup.clone(),
             overlap: t.overlap.clone(),
+            after: serde_json::to_value(&t.after).unwrap_or_else(|_| Value::Array(Vec::new())),
         }
     }
 }
@@ -237,6 +240,7 @@ pub async fn insert_audited(
                 &next_run_at,
                 &actor,
                 &v.name,
+                &v.after,
             ],
         )
         .await?;
@@ -249,9 +253,9 @@ static INSERT_AUDITED: LazyLock<String> = LazyLock::new(|| {
                INSERT INTO task (title, description, created_by, schedule_kind, schedule_expr, timezone, payload,
                                  priority, dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy,
                                  concurrency_key, timeout_seconds, misfire_grace_seconds, catchup, overlap,
-                                 schedule_anchor, materialized_until, next_run_at, name)
+                                 schedule_anchor, materialized_until, next_run_at, name, after)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                       now(), coalesce($18, now()), $19, $21)
+                       now(), coalesce($18, now()), $19, $21, $22)
                RETURNING {TASK_COLUMNS}
              ), audit AS (
                INSERT INTO audit_log (actor, action, subject_type, subject_id, details)
@@ -280,7 +284,7 @@ pub async fn update(
                     schedule_anchor = CASE WHEN $19 THEN $20 ELSE schedule_anchor END,
                     materialized_until = CASE WHEN $19 THEN $21 ELSE materialized_until END,
                     next_run_at = CASE WHEN $19 THEN $22 ELSE next_run_at END,
-                    name = $23, updated_at = now()
+                    name = $23, after = $24, updated_at = now()
               WHERE id = $1
              RETURNING {TASK_COLUMNS}"
         ))
@@ -316,6 +320,7 @@ pub async fn update(
                 &until,
                 &next,
                 &v.name,
+                &v.after,
             ],
         )
         .await?;

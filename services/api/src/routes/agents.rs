@@ -19,7 +19,7 @@ use crate::state::AppState;
 pub struct AgentCreate {
     #[schema(min_length = 1, max_length = 100)]
     name: String,
-    /// Subset of admin, tasks:read, tasks:write, runs:read, events:publish.
+    /// Subset of admin, tasks:read, tasks:write, runs:read, events:publish, jobs:work.
     scopes: Vec<String>,
     #[schema(max_length = 2000)]
     webhook_url: Option<String>,

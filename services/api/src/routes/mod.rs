@@ -4,6 +4,7 @@ pub mod agents;
 pub mod audit;
 pub mod events;
 pub mod health;
+pub mod jobs;
 pub mod queue;
 pub mod runs;
 pub mod schedules;
@@ -32,8 +33,10 @@ pub fn announce_task_change(state: &AppState, task_id: Uuid, action: &'static st
     });
 }
 
-/// Wakes idle workers: there is work due now (after commit; best-effort).
+/// Wakes idle workers: there is work due now (after commit; best-effort). External workers waiting in
+/// `POST /jobs/claim` on this process are woken too.
 pub fn wake_workers(state: &AppState, task_id: Uuid) {
+    state.jobs_ready.notify_waiters();
     let redis = state.redis.clone();
     tokio::spawn(async move {
         redis

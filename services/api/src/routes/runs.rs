@@ -50,6 +50,7 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/runs/{id}", tag = "runs", params(("id" = i64, Path, minimum = 1)),
+    description = "One run with its trace: `parents` (the parents' final runs that released it) and `children` (the dependents its final outcome arrived at, with their gate and runs).",
     responses((status = 200, body = Run), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
     security(("bearer" = [])))]
@@ -61,9 +62,15 @@ pub async fn get(
     caller.require(Scope::RunsRead)?;
     let id = path_i64(&path, "id")?;
     let client = state.db().await?;
-    let run = db::runs::get(&client, id, caller.owner_filter())
+    let mut run = db::runs::get(&client, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Run", id))?;
+    // The run's place in its chain (docs/flow-control.md#dependencies).
+    run.parents = Some(match run.trace_id {
+        Some(trace) => db::dependencies::run_parents(&client, run.task_id, trace).await?,
+        None => Vec::new(),
+    });
+    run.children = Some(db::dependencies::run_children(&client, run.id).await?);
     Ok(HttpResponse::Ok().json(run))
 }
 

@@ -46,6 +46,7 @@ const WRITABLE: &[&str] = &[
     "catchup",
     "overlap",
     "created_by",
+    "after",
 ];
 const READ_ONLY: &[&str] = &["id", "status", "created_at", "updated_at", "next_run_at"];
 
@@ -102,6 +103,26 @@ pub struct TaskCreate {
     overlap: Option<String>,
     /// Admins may create a task on behalf of another agent.
     created_by: Option<Uuid>,
+    /// Tasks this one runs after (at most 1000, each parent once; see docs/flow-control.md#dependencies).
+    #[schema(max_items = 1000)]
+    after: Option<Vec<AfterInput>>,
+}
+
+/// One entry of `after` as written.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct AfterInput {
+    /// The parent: a task id, or the name of a task of the same owner. It must exist and not be canceled.
+    #[schema(min_length = 1, max_length = 100, example = "extract")]
+    task: String,
+    /// success (default), failure (the parent is dead: retries exhausted or a permanent error) or any.
+    #[schema(pattern = "^(success|failure|any)$")]
+    condition: Option<String>,
+    /// Templates over the parent's final run, rendered into this task's params for the dependent run, e.g.
+    /// `{"file": "${steps.export.body.path}"}`. Template roots: params, steps, task, run.
+    #[schema(value_type = Option<Object>)]
+    params: Option<Value>,
 }
 
 /// Body of PATCH/PUT /tasks/{id}: any subset of the task's writable fields.
@@ -143,6 +164,10 @@ pub struct TaskPatch {
     #[schema(pattern = "^(allow|skip|queue)$")]
     overlap: Option<String>,
     created_by: Option<Uuid>,
+    /// Replaces the task's `after` (null or [] removes every dependency). A change that would close a cycle is
+    /// a 422 naming the entry and the cycle.
+    #[schema(max_items = 1000)]
+    after: Option<Vec<AfterInput>>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -200,6 +225,120 @@ struct TaskInput {
     catchup: Opt<Catchup>,
     overlap: Opt<Overlap>,
     created_by: Opt<Uuid>,
+    after: Opt<Vec<AfterDecl>>,
+}
+
+/// One `after` entry, checked for shape (the parent is resolved against the database later).
+struct AfterDecl {
+    task: String,
+    condition: String,
+    params: Option<Value>,
+}
+
+/// Most parents of one task.
+pub const MAX_AFTER: usize = 1000;
+
+fn read_after(f: &mut Fields) -> Opt<Vec<AfterDecl>> {
+    let items = match f.raw("after") {
+        None => return Opt::Absent,
+        Some(Value::Null) => return Opt::Null,
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            f.errors.push(FieldError::new(
+                "after",
+                "must be an array of {task, condition?, params?}",
+            ));
+            return Opt::Absent;
+        }
+    };
+    if items.len() > MAX_AFTER {
+        f.errors.push(FieldError::new(
+            "after",
+            format!("at most {MAX_AFTER} parents"),
+        ));
+        return Opt::Absent;
+    }
+    let mut out = Vec::with_capacity(items.len());
+    let errors_before = f.errors.len();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("after[{i}]");
+        let Some(obj) = item.as_object() else {
+            f.errors.push(FieldError::new(
+                &path,
+                "must be an object {task, condition?, params?}",
+            ));
+            continue;
+        };
+        for key in obj.keys() {
+            if !["task", "condition", "params"].contains(&key.as_str()) {
+                f.errors.push(FieldError::new(
+                    format!("{path}.{key}"),
+                    "unknown field (expected task, condition, params)",
+                ));
+            }
+        }
+        let task = match obj.get("task") {
+            Some(Value::String(t)) if Uuid::parse_str(t).is_ok() || valid_name(t) => t.clone(),
+            Some(Value::String(_)) => {
+                f.errors.push(FieldError::new(
+                    format!("{path}.task"),
+                    format!("must be a task id or a task name ({NAME_RULE})"),
+                ));
+                continue;
+            }
+            None | Some(Value::Null) => {
+                f.errors
+                    .push(FieldError::new(format!("{path}.task"), "is required"));
+                continue;
+            }
+            Some(_) => {
+                f.errors.push(FieldError::new(
+                    format!("{path}.task"),
+                    "must be a string: a task id or a task name",
+                ));
+                continue;
+            }
+        };
+        let condition = match obj.get("condition") {
+            None | Some(Value::Null) => "success".to_string(),
+            Some(Value::String(c)) if ["success", "failure", "any"].contains(&c.as_str()) => {
+                c.clone()
+            }
+            Some(_) => {
+                f.errors.push(FieldError::new(
+                    format!("{path}.condition"),
+                    "must be one of success, failure, any",
+                ));
+                continue;
+            }
+        };
+        let params = match obj.get("params") {
+            None | Some(Value::Null) => None,
+            Some(p @ Value::Object(_)) => {
+                let problems = orrery::pipeline::template_errors(p, &format!("{path}.params"));
+                for e in problems {
+                    f.errors.push(FieldError::new(e.field, e.message));
+                }
+                Some(p.clone())
+            }
+            Some(_) => {
+                f.errors.push(FieldError::new(
+                    format!("{path}.params"),
+                    "must be an object of templates over the parent's run",
+                ));
+                continue;
+            }
+        };
+        out.push(AfterDecl {
+            task,
+            condition,
+            params,
+        });
+    }
+    if f.errors.len() > errors_before {
+        return Opt::Absent;
+    }
+    Opt::Set(out)
 }
 
 fn read_input(body: &Value, creating: bool) -> ApiResult<TaskInput> {
@@ -234,6 +373,7 @@ fn read_input(body: &Value, creating: bool) -> ApiResult<TaskInput> {
         catchup: f.parsed("catchup"),
         overlap: f.parsed("overlap"),
         created_by: f.uuid("created_by"),
+        after: read_after(&mut f),
     };
     if creating {
         for (name, absent) in [
@@ -324,7 +464,117 @@ fn merge(mut v: TaskValues, i: TaskInput) -> TaskValues {
         v.overlap = o.as_str().to_string();
     }
     set(&mut v.created_by, i.created_by);
+    // `after` is resolved against the database by the caller (resolve_after).
+    let _ = i.after;
     v
+}
+
+/// Resolves `after` entries (ids or names of the owner's tasks) into the stored form, with a 422 naming the
+/// entry for a parent that does not exist, is canceled, is listed twice or is the task itself.
+async fn resolve_after(
+    c: &impl db::Db,
+    caller: &Caller,
+    v: &TaskValues,
+    this: Option<Uuid>,
+    decls: Vec<AfterDecl>,
+) -> ApiResult<Value> {
+    let mut errors = Vec::new();
+    let mut stored = Vec::with_capacity(decls.len());
+    let mut seen: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
+    let owner = if caller.is_admin() {
+        None
+    } else {
+        Some(caller.agent_id)
+    };
+    let own_label = v.name.clone().unwrap_or_else(|| "this task".to_string());
+    for (i, d) in decls.into_iter().enumerate() {
+        let field = format!("after[{i}].task");
+        let found = match Uuid::parse_str(&d.task) {
+            Ok(id) => db::dependencies::parent_by_id(c, id, owner).await?,
+            Err(_) => db::dependencies::parent_by_name(c, v.created_by, &d.task).await?,
+        };
+        let is_self = match &found {
+            Some(p) => Some(p.id) == this,
+            None => v.name.as_deref() == Some(d.task.as_str()),
+        };
+        if is_self {
+            errors.push(FieldError::new(
+                field,
+                format!("a task cannot run after itself (cycle: {own_label} → {own_label})"),
+            ));
+            continue;
+        }
+        let Some(p) = found else {
+            errors.push(FieldError::new(
+                field,
+                match Uuid::parse_str(&d.task) {
+                    Ok(_) => format!("no task with id {}", d.task),
+                    Err(_) => format!(
+                        "no task named {:?} among the tasks of agent {}",
+                        d.task, v.created_by
+                    ),
+                },
+            ));
+            continue;
+        };
+        if p.status == TaskStatus::Canceled.as_str() {
+            errors.push(FieldError::new(
+                field,
+                format!("task {} is canceled and never runs again", d.task),
+            ));
+            continue;
+        }
+        if let Some(j) = seen.insert(p.id, i) {
+            errors.push(FieldError::new(
+                field,
+                format!("task {} is already listed at after[{j}]", d.task),
+            ));
+            continue;
+        }
+        let _ = p.name;
+        stored.push(db::dependencies::stored_entry(
+            &d.task,
+            p.id,
+            &d.condition,
+            d.params.as_ref(),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(Value::Array(stored))
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
+/// The parent ids of a stored `after`.
+fn parent_ids(after: &Value) -> Vec<Uuid> {
+    after
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("task_id")?.as_str()?.parse().ok())
+        .collect()
+}
+
+/// 422 when running `task` after `after` would close a cycle, naming the entry and the cycle. Call with the
+/// graph locked (db::dependencies::lock_graph) in the transaction that writes the edges.
+async fn check_cycle(c: &impl db::Db, task: Uuid, after: &Value) -> ApiResult<()> {
+    let parents = parent_ids(after);
+    let Some((i, path)) = db::dependencies::find_cycle(c, task, &parents).await? else {
+        return Ok(());
+    };
+    let labels = db::dependencies::labels(c, &path).await?;
+    let shown: Vec<String> = path
+        .iter()
+        .map(|id| labels.get(id).cloned().unwrap_or_else(|| id.to_string()))
+        .collect();
+    Err(ApiError::Validation(vec![FieldError::new(
+        format!("after[{i}].task"),
+        format!(
+            "would close a cycle: {} (each task runs after the one before it)",
+            shown.join(" → ")
+        ),
+    )]))
 }
 
 /// Validates the whole (merged) task: schedule, time zone and payload. Returns the parsed schedule.
@@ -479,6 +729,13 @@ async fn name_race(c: &impl db::Db, v: &TaskValues, e: tokio_postgres::Error) ->
     }
 }
 
+/// A foreign key violation of task_dependency (a parent deleted between resolving `after` and writing it).
+fn is_dependency_fk(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .and_then(|d| d.table())
+        .is_some_and(|t| t == "task_dependency")
+}
+
 #[utoipa::path(post, path = "/tasks", tag = "tasks", request_body = TaskCreate,
     params(("dry_run" = Option<bool>, Query, description = "true: run every check (validation, name, dedupe) and answer 204 without writing")),
     responses((status = 201, body = Task), (status = 204, description = "dry_run: the task is valid; nothing was written"), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
@@ -516,7 +773,10 @@ pub async fn create(
             .min(i32::MAX as u32) as i32,
         catchup: Catchup::Skip.as_str().into(),
         overlap: Overlap::Allow.as_str().into(),
+        after: json!([]),
     };
+    let mut input = input;
+    let after_input = std::mem::replace(&mut input.after, Opt::Absent);
     let mut values = merge(defaults, input);
     validation::normalize_payload(&mut values.payload);
     // Validation and the cursor use this process's clock; the stored anchor and cursor use the database's
@@ -529,6 +789,10 @@ pub async fn create(
     let mut client = state.db().await?;
     check_created_by(&client, &caller, values.created_by).await?;
     check_name(&client, &values, None).await?;
+    // A new task has no dependents yet, so its `after` cannot close a cycle (unless it names itself).
+    if let Opt::Set(decls) = after_input {
+        values.after = resolve_after(&client, &caller, &values, None, decls).await?;
+    }
     if dry_run {
         if values.dedupe_key.is_some() {
             let tx = client.transaction().await?;
@@ -537,7 +801,9 @@ pub async fn create(
         return Ok(HttpResponse::NoContent().finish());
     }
     let fk_to_field = |e: tokio_postgres::Error| {
-        if crate::error::sqlstate(&e) == Some("23503") {
+        if crate::error::sqlstate(&e) == Some("23503") && is_dependency_fk(&e) {
+            ApiError::field("after", "a parent task was deleted meanwhile")
+        } else if crate::error::sqlstate(&e) == Some("23503") {
             ApiError::field("created_by", "no agent has this id")
         } else {
             e.into()
@@ -658,9 +924,15 @@ pub async fn patch(
     caller.require(Scope::TasksWrite)?;
     let id = path_uuid(&path, "id")?;
     let dry_run = q.boolean("dry_run")?.unwrap_or(false);
-    let input = read_input(&body.0, false)?;
+    let mut input = read_input(&body.0, false)?;
+    let after_input = std::mem::replace(&mut input.after, Opt::Absent);
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
+    // The graph lock comes before any row lock: an edit of `after` inserts edges whose foreign keys lock the
+    // parents' rows, so taking it after this task's row lock could deadlock with another edit.
+    if !after_input.is_absent() {
+        db::dependencies::lock_graph(&tx).await?;
+    }
     let row = db::tasks::lock(&tx, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
@@ -709,6 +981,16 @@ pub async fn patch(
     {
         check_name(&tx, &values, Some(id)).await?;
     }
+    match after_input {
+        Opt::Set(decls) => {
+            values.after = resolve_after(&tx, &caller, &values, Some(id), decls).await?;
+        }
+        Opt::Null => values.after = json!([]),
+        Opt::Absent => {}
+    }
+    if values.after != before.after {
+        check_cycle(&tx, id, &values.after).await?;
+    }
     if dry_run {
         return Ok(HttpResponse::NoContent().finish());
     }
@@ -720,6 +1002,12 @@ pub async fn patch(
         Err(e) if crate::error::sqlstate(&e) == Some("23505") => {
             drop(tx);
             return Err(name_race(&client, &values, e).await);
+        }
+        Err(e) if is_dependency_fk(&e) => {
+            return Err(ApiError::field(
+                "after",
+                "a parent task was deleted meanwhile",
+            ));
         }
         Err(e) => return Err(e.into()),
     };
@@ -764,7 +1052,8 @@ fn changed_fields(a: &TaskValues, b: &TaskValues) -> Vec<&'static str> {
         timeout_seconds,
         misfire_grace_seconds,
         catchup,
-        overlap
+        overlap,
+        after
     );
     out
 }
@@ -800,9 +1089,11 @@ pub async fn delete(
     let id = path_uuid(&path, "id")?;
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
+    db::dependencies::lock_graph(&tx).await?;
     let row = db::tasks::lock(&tx, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
+    let dependents = db::dependencies::forget_parent(&tx, id).await?;
     db::tasks::delete(&tx, id).await?;
     db::audit(
         &tx,
@@ -810,7 +1101,8 @@ pub async fn delete(
         "task.delete",
         "task",
         &id.to_string(),
-        &json!({"title": row.task.title, "name": row.task.name, "status": row.task.status}),
+        &json!({"title": row.task.title, "name": row.task.name, "status": row.task.status,
+                "dependents_unlinked": dependents}),
     )
     .await?;
     tx.commit().await?;
@@ -858,6 +1150,19 @@ async fn transition(
             })
         }
     };
+    let mut details = json!({"previous_status": previous});
+    match action {
+        // Dependent work that has not started goes back to its gate; resume releases it.
+        Action::Pause => {
+            details["dependency_runs_held"] = json!(db::dependencies::hold(&tx, id).await?);
+        }
+        Action::Cancel => {
+            let (edges, gates) = db::dependencies::drop_for_cancel(&tx, id).await?;
+            details["dependencies_dropped"] = json!(edges);
+            details["dependency_gates_dropped"] = json!(gates);
+        }
+        Action::Resume | Action::Complete => {}
+    }
     match work {
         PendingWork::RemoveUnleased => {
             let removed = work::remove_unleased(&tx, id, false, &state.clock).await?;
@@ -885,6 +1190,8 @@ async fn transition(
             let next = validation::next_fire_after(&schedule, now);
             // No backlog burst: the scheduler materializes from now on.
             store::tasks::set_status(&tx, id, to, Some(now), next, &state.clock).await?;
+            details["dependency_runs_released"] =
+                json!(work::release_held_dependents(&tx, id, &state.clock).await?);
         }
         PendingWork::Keep => {
             store::tasks::set_status(&tx, id, to, None, None, &state.clock).await?;
@@ -899,11 +1206,14 @@ async fn transition(
         action.audit_action(),
         "task",
         &id.to_string(),
-        &json!({"previous_status": previous}),
+        &details,
     )
     .await?;
     tx.commit().await?;
     announce_task_change(&state, id, action.done());
+    if details["dependency_runs_released"].as_u64().unwrap_or(0) > 0 {
+        wake_workers(&state, id);
+    }
     Ok(HttpResponse::Ok().json(TaskTransition {
         task: updated.task,
         previous_status: previous,

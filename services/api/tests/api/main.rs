@@ -4,10 +4,12 @@
 mod common;
 
 mod agents;
+mod dependencies;
 mod errors;
 mod events;
 mod first_hour;
 mod health;
+mod jobs;
 mod names;
 mod preview;
 mod queue;

@@ -5,6 +5,10 @@
 //!   orrery-bench-worker latency    # idle worker: commit that makes a row due → its first step starts
 //!   orrery-bench-worker lateness   # rows due in the future: ready_at → first step starts
 //!   orrery-bench-worker all
+//!   orrery-bench-worker dependencies  # SHAPES ("fan chain"): root → 998 → 1 fan-in, and a 1,000-long chain; REPS (3)
+//!                                     # runs of each with PROCS ("2") idle workers; edge overhead = a dependent's
+//!                                     # start − the finish of the parent run that released it (the last of a
+//!                                     # fan-in's parents). Not part of `all` (it adds tasks the drain would use).
 //!
 //! Environment: BENCH_DATABASE_URL (admin connection, default postgres://postgres@127.0.0.1:5432/postgres),
 //! BENCH_DB (orrery_bench, dropped and recreated), REDIS_URL, WORKER_BIN (default: next to this binary),
@@ -453,6 +457,207 @@ async fn lateness(b: &mut Bench) -> Result<()> {
     Ok(())
 }
 
+/// Creates the tasks of one dependency shape (noop pipelines) and a task with no dependents for the baseline;
+/// returns (root, number of nodes, plain task).
+async fn dependency_shape(b: &Bench, shape: &str) -> Result<(Uuid, usize, Uuid)> {
+    let payload = serde_json::json!({"params": {}, "pipeline": [{"id": "n", "uses": "noop"}]});
+    let new_task = |title: String, after: serde_json::Value| {
+        let payload = payload.clone();
+        async move {
+            let id: Uuid = b
+                .db
+                .query_one(
+                    "INSERT INTO task (title, created_by, schedule_kind, schedule_expr, payload, after)
+                     VALUES ($1, $2, 'event', 'bench.never', $3, $4) RETURNING id",
+                    &[&title, &orrery::model::SYSTEM_AGENT_ID, &payload, &after],
+                )
+                .await?
+                .get(0);
+            Result::Ok(id)
+        }
+    };
+    let edge = |id: Uuid| serde_json::json!({"task": id.to_string(), "task_id": id, "condition": "success"});
+    let root = new_task(format!("{shape} root"), serde_json::json!([])).await?;
+    let plain = new_task("no dependents".into(), serde_json::json!([])).await?;
+    match shape {
+        "fan" => {
+            let mut middle = Vec::with_capacity(998);
+            for i in 0..998 {
+                middle.push(new_task(format!("fan {i}"), serde_json::json!([edge(root)])).await?);
+            }
+            let after: Vec<serde_json::Value> = middle.iter().map(|m| edge(*m)).collect();
+            new_task("fan-in".into(), serde_json::Value::Array(after)).await?;
+            Ok((root, 1000, plain))
+        }
+        "chain" => {
+            let mut prev = root;
+            for i in 1..1000 {
+                prev = new_task(format!("chain {i}"), serde_json::json!([edge(prev)])).await?;
+            }
+            Ok((root, 1000, plain))
+        }
+        other => Err(format!("unknown shape {other} (fan, chain)").into()),
+    }
+}
+
+async fn dependencies(b: &mut Bench) -> Result<()> {
+    let reps: usize = env("REPS", "3").parse()?;
+    let procs: usize = env("PROCS", "2").parse()?;
+    let shapes = env("SHAPES", "fan chain");
+    println!(
+        "## dependencies: {procs} worker process(es), worker env: {}",
+        worker_env_summary()
+    );
+    for shape in shapes.split_whitespace() {
+        b.reset().await?;
+        b.db.batch_execute("TRUNCATE task CASCADE").await?;
+        let (root, nodes, plain) = dependency_shape(b, shape).await?;
+        b.db.batch_execute("ANALYZE").await?;
+        let mut workers = Vec::new();
+        for _ in 0..procs {
+            workers.push(b.spawn_worker()?);
+        }
+        for w in &workers {
+            wait_ready(w.port).await;
+        }
+        let mut overhead = Vec::new();
+        let mut totals = Vec::new();
+        let (mut fan_firsts, mut fan_ins, mut amortized_all) = (Vec::new(), Vec::new(), Vec::new());
+        for rep in 1..=reps {
+            let quiet = wait_quiet(0.15, Duration::from_secs(60)).await;
+            let trace: Uuid =
+                b.db.query_one(
+                    "INSERT INTO due_work (task_id, run_at, ready_at, priority, trigger)
+                     VALUES ($1, now(), now(), 5, 'manual') RETURNING trace_id",
+                    &[&root],
+                )
+                .await?
+                .get(0);
+            b.hint().await?;
+            let started = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let done =
+                    b.db.query_one(
+                        "SELECT count(*) FROM task_run WHERE trace_id = $1 AND success",
+                        &[&trace],
+                    )
+                    .await?
+                    .get::<_, i64>(0);
+                if done as usize >= nodes {
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(300) {
+                    return Err(format!("{shape}: {done} of {nodes} runs after 5 minutes").into());
+                }
+            }
+            let rows = b
+                .db
+                .query(
+                    "WITH r AS (SELECT task_id, started_at, finished_at FROM task_run WHERE trace_id = $1 AND success),
+                          released AS (SELECT e.task_id, max(p.finished_at) AS at, count(*) AS parents
+                                         FROM task_dependency e JOIN r p ON p.task_id = e.parent_task_id
+                                        GROUP BY e.task_id)
+                     SELECT extract(epoch FROM c.started_at - x.at)::float8 * 1000, x.parents,
+                            (SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 * 1000 FROM r)
+                       FROM r c JOIN released x ON x.task_id = c.task_id",
+                    &[&trace],
+                )
+                .await?;
+            let dup = b
+                .stat(&format!(
+                    "SELECT count(*) - count(DISTINCT task_id) FROM task_run WHERE trace_id = '{trace}'"
+                ))
+                .await?;
+            if dup != 0 || rows.len() != nodes - 1 {
+                return Err(
+                    format!("{shape}: {} dependent runs, {dup} duplicates", rows.len()).into(),
+                );
+            }
+            let total_ms: f64 = rows[0].get(2);
+            let mut edges: Vec<f64> = rows.iter().map(|r| r.get(0)).collect();
+            let fan_in: Vec<f64> = rows
+                .iter()
+                .filter(|r| r.get::<_, i64>(1) > 1)
+                .map(|r| r.get(0))
+                .collect();
+            summarize(
+                &format!("[rep {rep}] {shape}: {nodes} runs in {total_ms:.0} ms (busy before {quiet:.2}); start − release"),
+                edges.clone(),
+            );
+            if shape == "fan" {
+                let first = rows
+                    .iter()
+                    .filter(|r| r.get::<_, i64>(1) == 1)
+                    .map(|r| r.get::<_, f64>(0))
+                    .fold(f64::MAX, f64::min);
+                println!(
+                    "[rep {rep}] fan: root finished → first child started {first:.3} ms; last of 998 parents finished → fan-in started {:.3} ms",
+                    fan_in.first().copied().unwrap_or(f64::NAN)
+                );
+                fan_firsts.push(first);
+                fan_ins.extend(fan_in);
+                // The same 1,000 runs with no dependency between them (one statement inserts them all), on the
+                // same workers: what the fan would cost if scheduling edges were free.
+                b.db.execute(
+                    "INSERT INTO due_work (task_id, run_at, ready_at, priority, trigger)
+                     SELECT $1, now(), now(), 5, 'manual' FROM generate_series(1, $2::bigint)",
+                    &[&plain, &(nodes as i64)],
+                )
+                .await?;
+                b.hint().await?;
+                let plain_started = Instant::now();
+                loop {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    let left: bool =
+                        b.db.query_one("SELECT EXISTS (SELECT 1 FROM due_work)", &[])
+                            .await?
+                            .get(0);
+                    if !left {
+                        break;
+                    }
+                }
+                let plain_ms: f64 = b
+                    .db
+                    .query_one(
+                        "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 * 1000
+                           FROM task_run WHERE task_id = $1
+                            AND finished_at > now() - make_interval(secs => $2)",
+                        &[&plain, &(plain_started.elapsed().as_secs_f64() + 1.0)],
+                    )
+                    .await?
+                    .get(0);
+                let edges_n = 998.0 * 2.0;
+                let amortized = (total_ms - plain_ms) / edges_n;
+                println!(
+                    "[rep {rep}] fan: the same 1000 runs without dependencies take {plain_ms:.0} ms: scheduling overhead {:.0} ms over {edges_n} edges = {amortized:.3} ms per edge",
+                    total_ms - plain_ms
+                );
+                amortized_all.push(amortized);
+            }
+            totals.push(total_ms);
+            overhead.append(&mut edges);
+        }
+        stop(workers).await;
+        summarize(
+            &format!(
+                "{shape}, all reps (median total {:.0} ms); start − release",
+                median(&mut totals)
+            ),
+            overhead,
+        );
+        if shape == "fan" {
+            summarize("fan, all reps: root → first child", fan_firsts);
+            summarize("fan, all reps: last parent → fan-in", fan_ins);
+            summarize(
+                "fan, all reps: amortized scheduling overhead per edge",
+                amortized_all,
+            );
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -468,13 +673,17 @@ async fn main() -> Result<()> {
         "drain" => drain(&mut b).await?,
         "latency" => latency(&mut b).await?,
         "lateness" => lateness(&mut b).await?,
+        "dependencies" => dependencies(&mut b).await?,
         "all" => {
             latency(&mut b).await?;
             lateness(&mut b).await?;
             drain(&mut b).await?;
         }
         other => {
-            return Err(format!("unknown step {other} (drain, latency, lateness, all)").into())
+            return Err(format!(
+                "unknown step {other} (drain, latency, lateness, dependencies, all)"
+            )
+            .into())
         }
     }
     let admin = connect(&env(

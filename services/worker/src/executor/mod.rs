@@ -14,6 +14,7 @@
 pub mod http;
 pub mod noop;
 pub mod publish;
+pub mod shell;
 pub mod sleep;
 
 use std::fmt;
@@ -30,6 +31,7 @@ use uuid::Uuid;
 
 pub use http::{HttpTool, DEFAULT_BODY_CAP_BYTES};
 pub use publish::{EventSink, Published};
+pub use shell::ShellTool;
 
 /// A boxed, sendable future (the same type as `futures::future::BoxFuture`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -158,6 +160,7 @@ impl std::error::Error for RunFailure {}
 pub struct Executor {
     http: HttpTool,
     publish: publish::PublishTool,
+    shell: ShellTool,
 }
 
 impl Executor {
@@ -165,7 +168,14 @@ impl Executor {
         Self {
             http,
             publish: publish::PublishTool::new(events),
+            shell: ShellTool::disabled(),
         }
+    }
+
+    /// The `shell` tool with this worker's policy (without it, `shell` steps fail with `policy`).
+    pub fn with_shell(mut self, shell: ShellTool) -> Self {
+        self.shell = shell;
+        self
     }
 
     /// The tool a step names, if it exists.
@@ -175,6 +185,7 @@ impl Executor {
             "events.publish" => Some(&self.publish),
             "sleep" => Some(&sleep::SleepTool),
             "noop" => Some(&noop::NoopTool),
+            "shell" => Some(&self.shell),
             _ => None,
         }
     }
