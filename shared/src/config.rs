@@ -74,6 +74,8 @@ pub struct Settings {
     pub worker_http_body_cap_bytes: usize,
     /// CIDRs of loopback/private networks the http.request tool may call (see `http_policy`).
     pub worker_http_allow_cidrs: String,
+    /// `WORKER_QUEUES`: comma-separated queue names this worker serves; empty = every queue.
+    pub worker_queues: String,
 }
 
 impl fmt::Debug for Settings {
@@ -102,6 +104,34 @@ impl fmt::Debug for Settings {
             .field("worker_health_port", &self.worker_health_port)
             .finish_non_exhaustive()
     }
+}
+
+/// A queue name: 1-64 of `A-Z a-z 0-9 . _ -` (the `queue.name` check of migration V7).
+pub fn valid_queue_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `WORKER_QUEUES`: `None` (every queue) when empty, else the distinct names in order.
+pub fn parse_queue_list(value: &str) -> Result<Option<Vec<String>>, String> {
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    let mut names: Vec<String> = Vec::new();
+    for part in value.split(',') {
+        let name = part.trim();
+        if !valid_queue_name(name) {
+            return Err(format!(
+                "{name:?} is not a queue name (1-64 of A-Z a-z 0-9 . _ -, names separated by commas)"
+            ));
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    Ok(Some(names))
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for logs.
@@ -150,6 +180,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("worker_shutdown_grace_seconds", "25"),
     ("worker_http_body_cap_bytes", "65536"),
     ("worker_http_allow_cidrs", ""),
+    ("worker_queues", ""),
 ];
 
 /// Variables without a default (secrets that are absent unless set).
@@ -301,6 +332,9 @@ impl Settings {
         }
         if let Err(e) = crate::http_policy::HttpPolicy::parse(&self.worker_http_allow_cidrs) {
             return Err(ConfigError::new("WORKER_HTTP_ALLOW_CIDRS", e));
+        }
+        if let Err(e) = parse_queue_list(&self.worker_queues) {
+            return Err(ConfigError::new("WORKER_QUEUES", e));
         }
         if self.worker_max_retries > 10 {
             return Err(ConfigError::new(

@@ -80,6 +80,8 @@ pub async fn claim_loop(
     let big_claim = (batch / 4).clamp(1, concurrency);
     let mut pace = Pace::new(claimer.stats.processed());
     let mut backoff = Duration::from_millis(100);
+    // An open constrained queue was seen by the last claim: try the flow-controlled claim first.
+    let mut limited = false;
     loop {
         if *stop.borrow() {
             return;
@@ -115,7 +117,7 @@ pub async fn claim_loop(
         // rows arrived (see `received`): never before the claimed rows' ready_at, and short of the true start
         // only by the answer's transit on the connection.
         let sent = Instant::now();
-        let outcome = match claim(&claimer, &mut conn, want).await {
+        let outcome = match claim(&claimer, &mut conn, want, limited).await {
             Ok(c) => {
                 backoff = Duration::from_millis(100);
                 c
@@ -132,7 +134,12 @@ pub async fn claim_loop(
             }
         };
         let received = Instant::now();
-        let queue::ClaimOutcome { claimed, examined } = outcome;
+        let queue::ClaimOutcome {
+            claimed,
+            examined,
+            limited: now_limited,
+        } = outcome;
+        limited = now_limited;
         let got = claimed.len();
         if got > 0 {
             tracing::debug!(
@@ -224,6 +231,7 @@ async fn claim(
     claimer: &Claimer,
     conn: &mut ClaimConnection,
     want: usize,
+    flow_first: bool,
 ) -> anyhow::Result<queue::ClaimOutcome> {
     let client = conn.get(&claimer.db).await?;
     Ok(queue::claim_batch(
@@ -232,6 +240,8 @@ async fn claim(
         claimer.settings.lease_seconds,
         want as i64,
         claimer.db.clock(),
+        claimer.settings.queues.as_deref(),
+        flow_first,
     )
     .await?)
 }

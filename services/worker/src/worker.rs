@@ -45,7 +45,7 @@ impl Worker {
             .map_err(|e| anyhow::anyhow!("cannot build the HTTP client of http.request: {e}"))?
             .with_body_cap(ws.http_body_cap);
         tracing::info!(worker_id = %worker_id, concurrency = ws.concurrency, batch_size = ws.batch_size,
-            lease_seconds = ws.lease_seconds, "worker starting");
+            lease_seconds = ws.lease_seconds, queues = ?ws.queues, "worker starting");
 
         // Migrations run in the background; claim nothing before the schema is there.
         {
@@ -93,6 +93,7 @@ impl Worker {
                 held: held.clone(),
                 stats: stats.clone(),
                 events: events.clone(),
+                redis: redis.clone(),
                 lease_seconds: ws.lease_seconds,
             },
             done_rx,
