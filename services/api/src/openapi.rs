@@ -5,7 +5,9 @@ use std::sync::LazyLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{agents, audit, events, health, queue, runs, schedules, secrets, tasks};
+use crate::routes::{
+    agents, audit, events, health, queue, queues, runs, schedules, secrets, tasks,
+};
 
 struct BearerAuth;
 
@@ -31,6 +33,7 @@ impl Modify for BearerAuth {
         schedules::preview,
         runs::list, runs::get, runs::latest, runs::task_stats, runs::global_stats,
         queue::summary, queue::dead, queue::replay, queue::delete_dead, queue::workers,
+        queues::list, queues::get, queues::put, queues::patch,
         events::publish, events::recent, events::topics,
         audit::list,
         secrets::put, secrets::list, secrets::get, secrets::delete, secrets::reencrypt,

@@ -4,6 +4,7 @@ pub mod agents;
 pub mod audit;
 pub mod events;
 pub mod queue;
+pub mod queues;
 pub mod runs;
 pub mod secrets;
 pub mod tasks;

@@ -32,6 +32,8 @@ pub struct TaskValues {
     pub misfire_grace_seconds: i32,
     pub catchup: String,
     pub overlap: String,
+    pub queue: String,
+    pub rate_key: Option<String>,
 }
 
 impl TaskValues {
@@ -55,6 +57,8 @@ impl TaskValues {
             misfire_grace_seconds: t.misfire_grace_seconds,
             catchup: t.catchup.clone(),
             overlap: t.overlap.clone(),
+            queue: t.queue.clone(),
+            rate_key: t.rate_key.clone(),
         }
     }
 }
@@ -237,6 +241,8 @@ pub async fn insert_audited(
                 &next_run_at,
                 &actor,
                 &v.name,
+                &v.queue,
+                &v.rate_key,
             ],
         )
         .await?;
@@ -249,10 +255,12 @@ static INSERT_AUDITED: LazyLock<String> = LazyLock::new(|| {
                INSERT INTO task (title, description, created_by, schedule_kind, schedule_expr, timezone, payload,
                                  priority, dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy,
                                  concurrency_key, timeout_seconds, misfire_grace_seconds, catchup, overlap,
-                                 schedule_anchor, materialized_until, next_run_at, name)
+                                 schedule_anchor, materialized_until, next_run_at, name, queue, rate_key)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                       now(), coalesce($18, now()), $19, $21)
+                       now(), coalesce($18, now()), $19, $21, $22, $23)
                RETURNING {TASK_COLUMNS}
+             ), named_queue AS (
+               INSERT INTO queue (name) VALUES ($22) ON CONFLICT (name) DO NOTHING
              ), audit AS (
                INSERT INTO audit_log (actor, action, subject_type, subject_id, details)
                SELECT $20, 'task.create', 'task', t.id::text,
@@ -280,7 +288,7 @@ pub async fn update(
                     schedule_anchor = CASE WHEN $19 THEN $20 ELSE schedule_anchor END,
                     materialized_until = CASE WHEN $19 THEN $21 ELSE materialized_until END,
                     next_run_at = CASE WHEN $19 THEN $22 ELSE next_run_at END,
-                    name = $23, updated_at = now()
+                    name = $23, queue = $24, rate_key = $25, updated_at = now()
               WHERE id = $1
              RETURNING {TASK_COLUMNS}"
         ))
@@ -289,6 +297,7 @@ pub async fn update(
     let anchor = cursor.map(|c| c.schedule_anchor);
     let until = cursor.map(|c| c.materialized_until);
     let next = cursor.and_then(|c| c.next_run_at);
+    ensure_queue(c, &v.queue).await?;
     let row = c
         .query_one(
             &st,
@@ -316,10 +325,21 @@ pub async fn update(
                 &until,
                 &next,
                 &v.name,
+                &v.queue,
+                &v.rate_key,
             ],
         )
         .await?;
     Ok(TaskRow::from_row(&row))
+}
+
+/// Creates the queue's row (no limits, not paused) if it does not exist yet.
+pub async fn ensure_queue(c: &impl Db, name: &str) -> Result<(), Error> {
+    let st = c
+        .prepare_cached("INSERT INTO queue (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+        .await?;
+    c.execute(&st, &[&name]).await?;
+    Ok(())
 }
 
 /// Copies the task's claim-relevant settings onto its pending, unleased work.
@@ -328,7 +348,8 @@ pub async fn restamp_pending_work(c: &impl Db, t: &Task) -> Result<u64, Error> {
         .prepare_cached(
             "UPDATE due_work SET priority = $2,
                     concurrency_key = coalesce($3, CASE WHEN $4 <> 'allow' THEN 'task:' || $1::uuid::text END),
-                    overlap = $4, catchup = $5, misfire_grace_seconds = $6
+                    overlap = $4, catchup = $5, misfire_grace_seconds = $6, queue = $7,
+                    rate_key = orrery_rate_key($8, coalesce($9::jsonb->'params', '{}') || coalesce(params, '{}'), event)
               WHERE task_id = $1 AND state = 'pending' AND (locked_until IS NULL OR locked_until < now())",
         )
         .await?;
@@ -342,6 +363,9 @@ pub async fn restamp_pending_work(c: &impl Db, t: &Task) -> Result<u64, Error> {
             &t.overlap,
             &t.catchup,
             &t.misfire_grace_seconds,
+            &t.queue,
+            &t.rate_key,
+            &t.payload,
         ],
     )
     .await
@@ -394,9 +418,11 @@ pub async fn insert_manual_work(
     let st = c
         .prepare_cached(
             "INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                                   misfire_grace_seconds, trigger, params)
+                                   misfire_grace_seconds, trigger, params, queue, rate_key)
              VALUES ($1, now(), now(), $2, coalesce($3, CASE WHEN $4 <> 'allow' THEN 'task:' || $1::uuid::text END),
-                     $4, $5, $6, 'manual', $7)
+                     $4, $5, $6, 'manual', $7,
+                     (SELECT tq.queue FROM task tq WHERE tq.id = $1),
+                     (SELECT orrery_rate_key(tq.rate_key, coalesce(tq.payload->'params', '{}') || coalesce($7::jsonb, '{}'), NULL::jsonb) FROM task tq WHERE tq.id = $1))
              RETURNING id, run_at",
         )
         .await?;
@@ -457,9 +483,11 @@ pub async fn insert_scheduled_work(
     let st = c
         .prepare_cached(
             "INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                                   misfire_grace_seconds, trigger)
+                                   misfire_grace_seconds, trigger, queue, rate_key)
              VALUES ($1, $2, $3, $4, coalesce($5, CASE WHEN $6 <> 'allow' THEN 'task:' || $1::uuid::text END),
-                     $6, $7, $8, 'schedule')
+                     $6, $7, $8, 'schedule',
+                     (SELECT tq.queue FROM task tq WHERE tq.id = $1),
+                     (SELECT orrery_rate_key(tq.rate_key, coalesce(tq.payload->'params', '{}') || coalesce(NULL::jsonb, '{}'), NULL::jsonb) FROM task tq WHERE tq.id = $1))
              ON CONFLICT (task_id, run_at) WHERE trigger = 'schedule' DO NOTHING
              RETURNING id",
         )
@@ -581,9 +609,11 @@ pub async fn insert_backfill(
                  RETURNING run_at
              )
              INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                                   misfire_grace_seconds, trigger)
+                                   misfire_grace_seconds, trigger, queue, rate_key)
              SELECT $1, m.run_at, now(), $3,
-                    coalesce($4, CASE WHEN $5 <> 'allow' THEN 'task:' || $1::uuid::text END), $5, $6, $7, 'schedule'
+                    coalesce($4, CASE WHEN $5 <> 'allow' THEN 'task:' || $1::uuid::text END), $5, $6, $7, 'schedule',
+                    (SELECT tq.queue FROM task tq WHERE tq.id = $1),
+                    (SELECT orrery_rate_key(tq.rate_key, coalesce(tq.payload->'params', '{}') || coalesce(NULL::jsonb, '{}'), NULL::jsonb) FROM task tq WHERE tq.id = $1)
                FROM marked m
              ON CONFLICT (task_id, run_at) WHERE trigger = 'schedule' DO NOTHING
              RETURNING run_at",

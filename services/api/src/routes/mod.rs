@@ -5,6 +5,7 @@ pub mod audit;
 pub mod events;
 pub mod health;
 pub mod queue;
+pub mod queues;
 pub mod runs;
 pub mod schedules;
 pub mod secrets;

@@ -11,6 +11,7 @@ mod health;
 mod names;
 mod preview;
 mod queue;
+mod queues;
 mod runs;
 mod secrets;
 mod tasks;
