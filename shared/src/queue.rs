@@ -474,6 +474,9 @@ pub struct ClaimOutcome {
     /// A queue this worker serves is constrained and open (not paused; a concurrency or rate limit): the next
     /// claim tries [`CLAIM_FLOW_SQL`] first.
     pub limited: bool,
+    /// [`CLAIM_FLOW_SQL`] ran in this claim, and how many rows it claimed.
+    pub flow_ran: bool,
+    pub flow_claimed: usize,
 }
 
 impl ClaimOutcome {
@@ -481,14 +484,21 @@ impl ClaimOutcome {
         self.claimed.extend(other.claimed);
         self.examined += other.examined;
     }
+
+    fn add_flow(&mut self, other: ClaimOutcome) {
+        self.flow_ran = true;
+        self.flow_claimed += other.claimed.len();
+        self.add(other);
+    }
 }
 
 /// Claims up to `limit` ready rows for `worker_id` with a lease of `lease_seconds`.
 ///
-/// `queues`: the queues served (`WORKER_QUEUES`), `None` for all. `flow_first`: an open constrained queue was
-/// seen by the previous claim ([`ClaimOutcome::limited`]), so [`CLAIM_FLOW_SQL`] runs first (work of limited
-/// queues is not starved by a backlog elsewhere); otherwise it runs only when the fast or full form reports
-/// such a queue and the batch is not full. With no constrained queue, one statement runs, as before queues.
+/// `queues`: the queues served (`WORKER_QUEUES`), `None` for all. `flow_first`: run [`CLAIM_FLOW_SQL`] first
+/// (the claimer asks for it while an open constrained queue exists and the flow claim is getting rows, and at
+/// most every 100 ms otherwise, so work of limited queues is not starved by a backlog elsewhere); without it,
+/// the flow claim runs only when the fast or full form reports such a queue ([`ClaimOutcome::limited`]) and
+/// did not fill the batch. With no constrained queue, one statement runs, as before queues.
 pub async fn claim_batch(
     client: &impl GenericClient,
     worker_id: &str,
@@ -518,7 +528,7 @@ pub async fn claim_batch(
     };
     let mut total = ClaimOutcome::default();
     if flow_first {
-        total.add(flow(limit).await?);
+        total.add_flow(flow(limit).await?);
         total.limited = true;
     }
     let rest = limit - total.claimed.len() as i64;
@@ -580,7 +590,7 @@ pub async fn claim_batch(
         let more = limit - total.claimed.len() as i64;
         if more > 0 {
             plain = flow(more).await?;
-            total.add(plain);
+            total.add_flow(plain);
         }
     }
     Ok(total)
@@ -619,6 +629,7 @@ fn outcome(rows: &[tokio_postgres::Row]) -> ClaimOutcome {
         claimed,
         examined,
         limited,
+        ..ClaimOutcome::default()
     }
 }
 

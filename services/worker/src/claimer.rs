@@ -12,6 +12,9 @@ use crate::settings::WorkerSettings;
 use crate::stats::Stats;
 use crate::wakeup::Hints;
 
+/// How often a claim tries the flow-controlled statement first when it got nothing last time.
+const FLOW_RETRY: Duration = Duration::from_millis(100);
+
 /// With Redis up, hints wake idle workers; this bounds the sleep anyway (rows inserted without a hint).
 const IDLE_CAP_WITH_REDIS: Duration = Duration::from_secs(5);
 
@@ -80,8 +83,11 @@ pub async fn claim_loop(
     let big_claim = (batch / 4).clamp(1, concurrency);
     let mut pace = Pace::new(claimer.stats.processed());
     let mut backoff = Duration::from_millis(100);
-    // An open constrained queue was seen by the last claim: try the flow-controlled claim first.
+    // An open constrained queue was seen by the last claim: the flow-controlled claim runs first while it gets
+    // rows, and at most every FLOW_RETRY otherwise (it also runs whenever the plain claim leaves room).
     let mut limited = false;
+    let mut flow_getting = false;
+    let mut last_flow = Instant::now();
     loop {
         if *stop.borrow() {
             return;
@@ -117,7 +123,8 @@ pub async fn claim_loop(
         // rows arrived (see `received`): never before the claimed rows' ready_at, and short of the true start
         // only by the answer's transit on the connection.
         let sent = Instant::now();
-        let outcome = match claim(&claimer, &mut conn, want, limited).await {
+        let flow_first = limited && (flow_getting || last_flow.elapsed() >= FLOW_RETRY);
+        let outcome = match claim(&claimer, &mut conn, want, flow_first).await {
             Ok(c) => {
                 backoff = Duration::from_millis(100);
                 c
@@ -138,8 +145,14 @@ pub async fn claim_loop(
             claimed,
             examined,
             limited: now_limited,
+            flow_ran,
+            flow_claimed,
         } = outcome;
         limited = now_limited;
+        if flow_ran {
+            last_flow = Instant::now();
+            flow_getting = flow_claimed > 0;
+        }
         let got = claimed.len();
         if got > 0 {
             tracing::debug!(
