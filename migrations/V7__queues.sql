@@ -86,6 +86,11 @@ CREATE TABLE queue_flow (
     PRIMARY KEY (queue, rate_key)
 );
 
+-- Queue-level rows (max_concurrency places, given back and renewed by id) and pending wake-ups, without scanning
+-- one row per rate key.
+CREATE INDEX queue_flow_places ON queue_flow (queue) WHERE rate_key = '';
+CREATE INDEX queue_flow_wait ON queue_flow (wait_until) WHERE wait_until IS NOT NULL;
+
 -- The grant: given a flow state, the ids asking to start (in claim order), the limits, the lease length and the
 -- clock, returns the new state. Instants in the log never go backwards (a claimer whose transaction began
 -- earlier records the latest instant), so pruning the log can never drop an entry a later decision still needs.

@@ -862,6 +862,25 @@ pub async fn release_unstarted(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Forgets the flow rows of rate keys whose newest start left its window (their log is empty, so a fresh row
+/// decides the same). Safe against a concurrent grant: a row the grant just wrote has a recent start, which
+/// the DELETE re-checks on the latest version; a grant after the delete inserts a fresh row.
+pub const PRUNE_KEYS_SQL: &str = r#"
+DELETE FROM queue_flow f
+ USING queue q
+ WHERE q.name = f.queue AND f.rate_key <> ''
+   AND coalesce(f.start_at[cardinality(f.start_at)], '-infinity')
+       < coalesce($1::timestamptz, now()) - make_interval(secs => coalesce(q.key_rate_period_seconds, 0))
+"#;
+
+pub async fn prune_rate_keys(
+    client: &impl GenericClient,
+    clock: Option<DateTime<Utc>>,
+) -> Result<u64, tokio_postgres::Error> {
+    let stmt = client.prepare_cached(PRUNE_KEYS_SQL).await?;
+    client.execute(&stmt, &[&clock]).await
+}
+
 /// Seconds until the next future `ready_at` (one index probe per priority of the claim index) or until a
 /// full rate window of a queue or key has room again, NULL when nothing is scheduled. Expired leases are not predicted here: an idle worker re-checks at least every few
 /// seconds and the claim takes them.
@@ -874,7 +893,8 @@ SELECT extract(epoch FROM least(
                       WHERE d.state = 'pending' AND d.priority = p.priority
                         AND d.ready_at > (SELECT now FROM clock)
                       ORDER BY d.ready_at LIMIT 1) n),
-    (SELECT min(f.wait_until) FROM queue_flow f WHERE f.wait_until > (SELECT now FROM clock))
+    (SELECT f.wait_until FROM queue_flow f WHERE f.wait_until > (SELECT now FROM clock)
+      ORDER BY f.wait_until LIMIT 1)
 ) - (SELECT now FROM clock))::float8
 "#;
 

@@ -339,7 +339,12 @@ async fn a_rate_key_template_limits_each_key_on_its_own() {
             .unwrap();
         ids.insert(key, rows.iter().map(|r| r.get(0)).collect());
     }
-    let env = [("WORKER_CONCURRENCY", "8"), ("WORKER_POLL_INTERVAL", "0.1")];
+    // Short leases: the renewal round, which also forgets rate keys whose window emptied, runs every 0.67 s.
+    let env = [
+        ("WORKER_CONCURRENCY", "8"),
+        ("WORKER_POLL_INTERVAL", "0.1"),
+        ("WORKER_LEASE_SECONDS", "2"),
+    ];
     let _a = start_worker(&db, &prefix, &env).await;
     let _b = start_worker(&db, &prefix, &env).await;
     hint(&prefix).await;
@@ -381,4 +386,13 @@ async fn a_rate_key_template_limits_each_key_on_its_own() {
         .take_while(|t| **t - all[0] < ChronoDuration::milliseconds(550))
         .count();
     assert!(first > 4, "the two keys were limited together: {all:?}");
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM queue_flow WHERE rate_key <> ''").await,
+        2,
+        "one flow row per key"
+    );
+    orrery::testing::wait_for("the idle keys forgotten", WAIT, || async {
+        (count(&c, "SELECT count(*) FROM queue_flow WHERE rate_key <> ''").await == 0).then_some(())
+    })
+    .await;
 }
