@@ -49,6 +49,27 @@ async fn a_task_names_its_queue_and_its_runs_wait_there() {
     assert_eq!(q["ready"], 1, "{q}");
     let q = expect(app.get("/queues/heavy", ADMIN).await, 200).await;
     assert_eq!(q["ready"], 0, "{q}");
+    // Throughput: attempts of the queue's tasks finished in the last minute (one now, one two minutes ago).
+    app.sql()
+        .await
+        .execute(
+            "INSERT INTO task_run (task_id, attempt, trigger, scheduled_for, started_at, finished_at, success)
+             SELECT $1::text::uuid, 1, 'manual', now(), now() - f, now() - f, true
+               FROM unnest(ARRAY[interval '0 s', interval '2 min']) AS f",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let q = expect(app.get("/queues/mail", ADMIN).await, 200).await;
+    assert_eq!(
+        (
+            q["finished_last_minute"].as_i64(),
+            q["running"].as_i64(),
+            q["scheduled"].as_i64()
+        ),
+        (Some(1), Some(0), Some(0)),
+        "{q}"
+    );
     let all = expect(app.get("/queues", ADMIN).await, 200).await;
     let names: Vec<&str> = all["items"]
         .as_array()
