@@ -383,6 +383,9 @@ candidate AS (
          LIMIT o.room
            FOR UPDATE OF d SKIP LOCKED) d
      WHERE o.room > 0
+     -- At most the batch in all; also keeps the planner's estimate small (the `queue` table is rarely
+     -- analyzed), so the rows are stamped through the primary key, not by hashing all of due_work.
+     LIMIT $3
 ),
 "#,
     claim_policies!("$5"),
@@ -484,6 +487,9 @@ pub struct ClaimOutcome {
     /// [`CLAIM_FLOW_SQL`] ran in this claim, and how many rows it claimed.
     pub flow_ran: bool,
     pub flow_claimed: usize,
+    /// The fast (or full) form ran in this claim; `plain_examined` is what it examined.
+    pub plain_ran: bool,
+    pub plain_examined: i64,
 }
 
 impl ClaimOutcome {
@@ -505,7 +511,10 @@ impl ClaimOutcome {
 /// (the claimer asks for it while an open constrained queue exists and the flow claim is getting rows, and at
 /// most every 100 ms otherwise, so work of limited queues is not starved by a backlog elsewhere); without it,
 /// the flow claim runs only when the fast or full form reports such a queue ([`ClaimOutcome::limited`]) and
-/// did not fill the batch. With no constrained queue, one statement runs, as before queues.
+/// did not fill the batch. `plain = false` (with `flow_first`) skips the fast and full forms: the claimer asks
+/// for that while they find nothing and the flow claim is getting rows, at most for 100 ms at a time, because
+/// they read past every waiting row of the constrained queues. With no constrained queue, one statement runs,
+/// as before queues.
 pub async fn claim_batch(
     client: &impl GenericClient,
     worker_id: &str,
@@ -514,6 +523,7 @@ pub async fn claim_batch(
     clock: Option<DateTime<Utc>>,
     queues: Option<&[String]>,
     flow_first: bool,
+    plain: bool,
 ) -> Result<ClaimOutcome, tokio_postgres::Error> {
     let catchup_limit = crate::model::CATCHUP_ALL_LIMIT as i64;
     let flow = |limit: i64| async move {
@@ -539,9 +549,10 @@ pub async fn claim_batch(
         total.limited = true;
     }
     let rest = limit - total.claimed.len() as i64;
-    if rest <= 0 {
+    if rest <= 0 || (flow_first && !plain) {
         return Ok(total);
     }
+    total.plain_ran = true;
     let rows = match queues {
         None => {
             let fast = client.prepare_cached(CLAIM_FAST_SQL).await?;
@@ -589,6 +600,7 @@ pub async fn claim_batch(
         }
     };
     let mut plain = outcome(&rows);
+    total.plain_examined = plain.examined;
     let limited = plain.limited;
     let examined_all = plain.examined >= rest;
     total.add(plain);

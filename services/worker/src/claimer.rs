@@ -41,7 +41,11 @@ impl ClaimConnection {
     async fn get(&mut self, db: &Db) -> anyhow::Result<&deadpool_postgres::Object> {
         if self.client.is_none() {
             let client = db.pool.get().await?;
-            client.batch_execute("SET synchronous_commit = off").await?;
+            // JIT off: the flow claim's estimates (a lateral scan per constrained queue) can exceed the JIT
+            // thresholds, and compiling it took seconds per claim on a busy 2-vCPU host; no claim needs JIT.
+            client
+                .batch_execute("SET synchronous_commit = off; SET jit = off")
+                .await?;
             self.client = Some(client);
         }
         Ok(self.client.as_ref().expect("just set"))
@@ -88,6 +92,10 @@ pub async fn claim_loop(
     let mut limited = false;
     let mut flow_getting = false;
     let mut last_flow = Instant::now();
+    // The plain claim found nothing last time (only constrained queues have work): while the flow claim is
+    // getting rows, the plain claim is skipped for up to FLOW_RETRY (it reads past every waiting row).
+    let mut plain_empty = false;
+    let mut last_plain = Instant::now();
     loop {
         if *stop.borrow() {
             return;
@@ -124,7 +132,9 @@ pub async fn claim_loop(
         // only by the answer's transit on the connection.
         let sent = Instant::now();
         let flow_first = limited && (flow_getting || last_flow.elapsed() >= FLOW_RETRY);
-        let outcome = match claim(&claimer, &mut conn, want, flow_first).await {
+        let plain =
+            !(flow_first && flow_getting && plain_empty && last_plain.elapsed() < FLOW_RETRY);
+        let outcome = match claim(&claimer, &mut conn, want, flow_first, plain).await {
             Ok(c) => {
                 backoff = Duration::from_millis(100);
                 c
@@ -147,7 +157,13 @@ pub async fn claim_loop(
             limited: now_limited,
             flow_ran,
             flow_claimed,
+            plain_ran,
+            plain_examined,
         } = outcome;
+        if plain_ran {
+            last_plain = Instant::now();
+            plain_empty = plain_examined == 0;
+        }
         limited = now_limited;
         if flow_ran {
             last_flow = Instant::now();
@@ -245,6 +261,7 @@ async fn claim(
     conn: &mut ClaimConnection,
     want: usize,
     flow_first: bool,
+    plain: bool,
 ) -> anyhow::Result<queue::ClaimOutcome> {
     let client = conn.get(&claimer.db).await?;
     Ok(queue::claim_batch(
@@ -255,6 +272,7 @@ async fn claim(
         claimer.db.clock(),
         claimer.settings.queues.as_deref(),
         flow_first,
+        plain,
     )
     .await?)
 }
