@@ -34,6 +34,8 @@ const TASK_KEYS: &[&str] = &[
     "misfire_grace_seconds",
     "catchup",
     "overlap",
+    "queue",
+    "rate_key",
     "concurrency_key",
     "dedupe_key",
     "dedupe_window_seconds",

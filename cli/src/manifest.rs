@@ -31,6 +31,8 @@ pub const FIELDS: &[&str] = &[
     "misfire_grace_seconds",
     "catchup",
     "overlap",
+    "queue",
+    "rate_key",
 ];
 
 /// Fields the server sets; `orrery tasks get --export` leaves them out.

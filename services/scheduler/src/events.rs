@@ -113,9 +113,12 @@ pub async fn deliver(pool: &Pool, events: &[Event]) -> anyhow::Result<u64> {
                          INSERT INTO event_delivery (task_id, event_id) VALUES ($1, $2)
                          ON CONFLICT DO NOTHING RETURNING task_id)
                      INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                                           misfire_grace_seconds, trigger, event_id, event, external_queue)
-                     SELECT $1, t, t, $3, $4, $5, $6, $7, 'event', $2, $8, $10
-                       FROM first, coalesce($9::timestamptz, now()) AS t",
+                                           misfire_grace_seconds, trigger, event_id, event, queue, rate_key,
+                                           external_queue)
+                     SELECT $1, t, t, $3, $4, $5, $6, $7, 'event', $2, $8, tq.queue,
+                            orrery_rate_key(tq.rate_key, tq.payload->'params', $8), $10
+                       FROM first, coalesce($9::timestamptz, now()) AS t, task tq
+                      WHERE tq.id = $1",
                     &[
                         &task.id,
                         &ev.event_id,

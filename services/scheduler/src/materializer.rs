@@ -315,10 +315,12 @@ impl Materializer {
             let insert = tx
                 .prepare_cached(
                     "INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                                           misfire_grace_seconds, trigger, external_queue)
-                     SELECT t, r, rd, p, k, o, c, g, 'schedule', q
+                                           misfire_grace_seconds, trigger, queue, rate_key, external_queue)
+                     SELECT t, r, rd, p, k, o, c, g, 'schedule', coalesce(tq.queue, 'default'),
+                            orrery_rate_key(tq.rate_key, tq.payload->'params', NULL), q
                        FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::int2[], $5::text[],
                                    $6::text[], $7::text[], $8::int4[], $9::text[]) AS u(t, r, rd, p, k, o, c, g, q)
+                       LEFT JOIN task tq ON tq.id = u.t
                      ON CONFLICT (task_id, run_at) WHERE trigger = 'schedule' DO NOTHING",
                 )
                 .await?;

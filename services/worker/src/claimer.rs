@@ -12,6 +12,9 @@ use crate::settings::WorkerSettings;
 use crate::stats::Stats;
 use crate::wakeup::Hints;
 
+/// How often a claim tries the flow-controlled statement first when it got nothing last time.
+const FLOW_RETRY: Duration = Duration::from_millis(100);
+
 /// With Redis up, hints wake idle workers; this bounds the sleep anyway (rows inserted without a hint).
 const IDLE_CAP_WITH_REDIS: Duration = Duration::from_secs(5);
 
@@ -38,7 +41,11 @@ impl ClaimConnection {
     async fn get(&mut self, db: &Db) -> anyhow::Result<&deadpool_postgres::Object> {
         if self.client.is_none() {
             let client = db.pool.get().await?;
-            client.batch_execute("SET synchronous_commit = off").await?;
+            // JIT off: the flow claim's estimates (a lateral scan per constrained queue) can exceed the JIT
+            // thresholds, and compiling it took seconds per claim on a busy 2-vCPU host; no claim needs JIT.
+            client
+                .batch_execute("SET synchronous_commit = off; SET jit = off")
+                .await?;
             self.client = Some(client);
         }
         Ok(self.client.as_ref().expect("just set"))
@@ -80,6 +87,15 @@ pub async fn claim_loop(
     let big_claim = (batch / 4).clamp(1, concurrency);
     let mut pace = Pace::new(claimer.stats.processed());
     let mut backoff = Duration::from_millis(100);
+    // An open constrained queue was seen by the last claim: the flow-controlled claim runs first while it gets
+    // rows, and at most every FLOW_RETRY otherwise (it also runs whenever the plain claim leaves room).
+    let mut limited = false;
+    let mut flow_getting = false;
+    let mut last_flow = Instant::now();
+    // The plain claim found nothing last time (only constrained queues have work): while the flow claim is
+    // getting rows, the plain claim is skipped for up to FLOW_RETRY (it reads past every waiting row).
+    let mut plain_empty = false;
+    let mut last_plain = Instant::now();
     loop {
         if *stop.borrow() {
             return;
@@ -115,7 +131,10 @@ pub async fn claim_loop(
         // rows arrived (see `received`): never before the claimed rows' ready_at, and short of the true start
         // only by the answer's transit on the connection.
         let sent = Instant::now();
-        let outcome = match claim(&claimer, &mut conn, want).await {
+        let flow_first = limited && (flow_getting || last_flow.elapsed() >= FLOW_RETRY);
+        let plain =
+            !(flow_first && flow_getting && plain_empty && last_plain.elapsed() < FLOW_RETRY);
+        let outcome = match claim(&claimer, &mut conn, want, flow_first, plain).await {
             Ok(c) => {
                 backoff = Duration::from_millis(100);
                 c
@@ -132,7 +151,24 @@ pub async fn claim_loop(
             }
         };
         let received = Instant::now();
-        let queue::ClaimOutcome { claimed, examined } = outcome;
+        let queue::ClaimOutcome {
+            claimed,
+            examined,
+            limited: now_limited,
+            flow_ran,
+            flow_claimed,
+            plain_ran,
+            plain_examined,
+        } = outcome;
+        if plain_ran {
+            last_plain = Instant::now();
+            plain_empty = plain_examined == 0;
+        }
+        limited = now_limited;
+        if flow_ran {
+            last_flow = Instant::now();
+            flow_getting = flow_claimed > 0;
+        }
         let got = claimed.len();
         if got > 0 {
             tracing::debug!(
@@ -224,6 +260,8 @@ async fn claim(
     claimer: &Claimer,
     conn: &mut ClaimConnection,
     want: usize,
+    flow_first: bool,
+    plain: bool,
 ) -> anyhow::Result<queue::ClaimOutcome> {
     let client = conn.get(&claimer.db).await?;
     Ok(queue::claim_batch(
@@ -232,6 +270,9 @@ async fn claim(
         claimer.settings.lease_seconds,
         want as i64,
         claimer.db.clock(),
+        claimer.settings.queues.as_deref(),
+        flow_first,
+        plain,
     )
     .await?)
 }

@@ -23,6 +23,8 @@ pub enum Finished {
         completion: Completion,
         task_id: Uuid,
         attempt: i32,
+        /// In a queue with a concurrency or rate limit (see `ClaimedWork::limited`).
+        limited: bool,
     },
     /// Claimed but never started (shutdown): lease cleared, attempt given back.
     Release { id: i64, fencing_token: i64 },
@@ -34,11 +36,11 @@ pub struct Completer {
     pub held: HeldRows,
     pub stats: Stats,
     pub events: Arc<RunEvents>,
+    pub redis: Redis,
     pub lease_seconds: f64,
     /// Dependent work released by a completion is due at once: this worker's claimer is woken directly and
     /// the others with a hint on `orrery:wakeup`.
     pub hints: Hints,
-    pub redis: Redis,
 }
 
 pub async fn run(completer: Completer, mut rx: mpsc::UnboundedReceiver<Finished>) {
@@ -63,13 +65,18 @@ async fn flush(completer: &Completer, batch: &mut Vec<Finished>) {
     let mut settle = Vec::new();
     let mut meta = Vec::new();
     let mut release = Vec::new();
+    let mut gave_places = false;
+    let mut limited_ids = Vec::new();
     for f in batch.drain(..) {
         match f {
             Finished::Settle {
                 completion,
                 task_id,
                 attempt,
+                limited,
             } => {
+                gave_places |= limited;
+                limited_ids.push(limited);
                 meta.push((task_id, attempt));
                 settle.push(completion);
             }
@@ -152,6 +159,32 @@ async fn flush(completer: &Completer, batch: &mut Vec<Finished>) {
             });
         }
         completer.held.remove(settle.iter().map(|c| c.id));
+        if gave_places {
+            let ids: Vec<i64> = settle
+                .iter()
+                .zip(limited_ids.iter())
+                .filter(|(c, l)| **l && accepted.contains(&c.id))
+                .map(|(c, _)| c.id)
+                .collect();
+            // One try: a place not given back expires with the row's lease.
+            let dropped = async {
+                let client = completer.db.pool.get().await?;
+                anyhow::Ok(queue::drop_places(&client, &ids).await?)
+            }
+            .await;
+            if let Err(e) = dropped {
+                tracing::warn!(error = %format!("{e:#}"), rows = ids.len(),
+                    "queue places not given back; they expire with the leases");
+            }
+            // Places in a limited queue are free again: idle workers waiting for one may claim now (this
+            // worker's own claimer is woken through `held`).
+            let redis = completer.redis.clone();
+            tokio::spawn(async move {
+                redis
+                    .hint(WAKEUP, WAKEUP_MAXLEN, &[("reason", "queue_place".into())])
+                    .await
+            });
+        }
     }
     if !release.is_empty() {
         let released = write_with_retry(completer, "release", || async {

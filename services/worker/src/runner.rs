@@ -89,6 +89,7 @@ pub async fn runner_loop(
             completion,
             task_id: work.task_id,
             attempt: work.attempt,
+            limited: work.limited,
         });
     }
 }

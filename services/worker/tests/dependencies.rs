@@ -239,14 +239,12 @@ async fn a_fan_in_runs_once_per_trace_after_all_its_parents_of_that_trace() {
         .await
         .unwrap();
     assert_eq!(rows.len(), 25);
-    let mut by_trace: HashMap<
+    type Span = (
         Uuid,
-        Vec<(
-            Uuid,
-            chrono::DateTime<chrono::Utc>,
-            chrono::DateTime<chrono::Utc>,
-        )>,
-    > = HashMap::new();
+        chrono::DateTime<chrono::Utc>,
+        chrono::DateTime<chrono::Utc>,
+    );
+    let mut by_trace: HashMap<Uuid, Vec<Span>> = HashMap::new();
     for r in &rows {
         by_trace.entry(r.get(1)).or_default().push((
             r.get(0),
@@ -298,7 +296,7 @@ async fn dependents_are_started_exactly_once_when_workers_are_killed_around_thei
         ("WORKER_POLL_INTERVAL", "0.1"),
         ("WORKER_CONCURRENCY", "8"),
     ];
-    let mut workers = vec![
+    let mut workers = [
         start_worker(&db, &prefix, &env).await,
         start_worker(&db, &prefix, &env).await,
         start_worker(&db, &prefix, &env).await,

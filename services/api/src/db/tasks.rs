@@ -34,6 +34,8 @@ pub struct TaskValues {
     pub overlap: String,
     /// The stored `after` (resolved entries, see `models::Dependency`).
     pub after: Value,
+    pub queue: String,
+    pub rate_key: Option<String>,
 }
 
 impl TaskValues {
@@ -58,6 +60,8 @@ impl TaskValues {
             catchup: t.catchup.clone(),
             overlap: t.overlap.clone(),
             after: serde_json::to_value(&t.after).unwrap_or_else(|_| Value::Array(Vec::new())),
+            queue: t.queue.clone(),
+            rate_key: t.rate_key.clone(),
         }
     }
 }
@@ -241,6 +245,8 @@ pub async fn insert_audited(
                 &actor,
                 &v.name,
                 &v.after,
+                &v.queue,
+                &v.rate_key,
             ],
         )
         .await?;
@@ -253,10 +259,12 @@ static INSERT_AUDITED: LazyLock<String> = LazyLock::new(|| {
                INSERT INTO task (title, description, created_by, schedule_kind, schedule_expr, timezone, payload,
                                  priority, dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy,
                                  concurrency_key, timeout_seconds, misfire_grace_seconds, catchup, overlap,
-                                 schedule_anchor, materialized_until, next_run_at, name, after)
+                                 schedule_anchor, materialized_until, next_run_at, name, after, queue, rate_key)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                       now(), coalesce($18, now()), $19, $21, $22)
+                       now(), coalesce($18, now()), $19, $21, $22, $23, $24)
                RETURNING {TASK_COLUMNS}
+             ), named_queue AS (
+               INSERT INTO queue (name) VALUES ($22) ON CONFLICT (name) DO NOTHING
              ), audit AS (
                INSERT INTO audit_log (actor, action, subject_type, subject_id, details)
                SELECT $20, 'task.create', 'task', t.id::text,
@@ -284,7 +292,7 @@ pub async fn update(
                     schedule_anchor = CASE WHEN $19 THEN $20 ELSE schedule_anchor END,
                     materialized_until = CASE WHEN $19 THEN $21 ELSE materialized_until END,
                     next_run_at = CASE WHEN $19 THEN $22 ELSE next_run_at END,
-                    name = $23, after = $24, updated_at = now()
+                    name = $23, after = $24, queue = $25, rate_key = $26, updated_at = now()
               WHERE id = $1
              RETURNING {TASK_COLUMNS}"
         ))
@@ -293,6 +301,7 @@ pub async fn update(
     let anchor = cursor.map(|c| c.schedule_anchor);
     let until = cursor.map(|c| c.materialized_until);
     let next = cursor.and_then(|c| c.next_run_at);
+    ensure_queue(c, &v.queue).await?;
     let row = c
         .query_one(
             &st,
@@ -321,10 +330,21 @@ pub async fn update(
                 &next,
                 &v.name,
                 &v.after,
+                &v.queue,
+                &v.rate_key,
             ],
         )
         .await?;
     Ok(TaskRow::from_row(&row))
+}
+
+/// Creates the queue's row (no limits, not paused) if it does not exist yet.
+pub async fn ensure_queue(c: &impl Db, name: &str) -> Result<(), Error> {
+    let st = c
+        .prepare_cached("INSERT INTO queue (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+        .await?;
+    c.execute(&st, &[&name]).await?;
+    Ok(())
 }
 
 /// Copies the task's claim-relevant settings onto its pending, unleased work.
@@ -333,7 +353,8 @@ pub async fn restamp_pending_work(c: &impl Db, t: &Task) -> Result<u64, Error> {
         .prepare_cached(
             "UPDATE due_work SET priority = $2,
                     concurrency_key = coalesce($3, CASE WHEN $4 <> 'allow' THEN 'task:' || $1::uuid::text END),
-                    overlap = $4, catchup = $5, misfire_grace_seconds = $6,
+                    overlap = $4, catchup = $5, misfire_grace_seconds = $6, queue = $7,
+                    rate_key = orrery_rate_key($8, coalesce($9::jsonb->'params', '{}') || coalesce(params, '{}'), event),
                     external_queue = (SELECT external_queue FROM task WHERE id = $1)
               WHERE task_id = $1 AND state = 'pending' AND (locked_until IS NULL OR locked_until < now())",
         )
@@ -348,6 +369,9 @@ pub async fn restamp_pending_work(c: &impl Db, t: &Task) -> Result<u64, Error> {
             &t.overlap,
             &t.catchup,
             &t.misfire_grace_seconds,
+            &t.queue,
+            &t.rate_key,
+            &t.payload,
         ],
     )
     .await
@@ -400,9 +424,12 @@ pub async fn insert_manual_work(
     let st = c
         .prepare_cached(
             "INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                                   misfire_grace_seconds, trigger, params, external_queue)
+                                   misfire_grace_seconds, trigger, params, queue, rate_key, external_queue)
              VALUES ($1, now(), now(), $2, coalesce($3, CASE WHEN $4 <> 'allow' THEN 'task:' || $1::uuid::text END),
-                     $4, $5, $6, 'manual', $7, (SELECT external_queue FROM task WHERE id = $1))
+                     $4, $5, $6, 'manual', $7,
+                     (SELECT tq.queue FROM task tq WHERE tq.id = $1),
+                     (SELECT orrery_rate_key(tq.rate_key, coalesce(tq.payload->'params', '{}') || coalesce($7::jsonb, '{}'), NULL::jsonb) FROM task tq WHERE tq.id = $1),
+                     (SELECT external_queue FROM task WHERE id = $1))
              RETURNING id, run_at",
         )
         .await?;
@@ -463,9 +490,12 @@ pub async fn insert_scheduled_work(
     let st = c
         .prepare_cached(
             "INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                                   misfire_grace_seconds, trigger, external_queue)
+                                   misfire_grace_seconds, trigger, queue, rate_key, external_queue)
              VALUES ($1, $2, $3, $4, coalesce($5, CASE WHEN $6 <> 'allow' THEN 'task:' || $1::uuid::text END),
-                     $6, $7, $8, 'schedule', (SELECT external_queue FROM task WHERE id = $1))
+                     $6, $7, $8, 'schedule',
+                     (SELECT tq.queue FROM task tq WHERE tq.id = $1),
+                     (SELECT orrery_rate_key(tq.rate_key, coalesce(tq.payload->'params', '{}') || coalesce(NULL::jsonb, '{}'), NULL::jsonb) FROM task tq WHERE tq.id = $1),
+                     (SELECT external_queue FROM task WHERE id = $1))
              ON CONFLICT (task_id, run_at) WHERE trigger = 'schedule' DO NOTHING
              RETURNING id",
         )
@@ -587,9 +617,11 @@ pub async fn insert_backfill(
                  RETURNING run_at
              )
              INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                                   misfire_grace_seconds, trigger, external_queue)
+                                   misfire_grace_seconds, trigger, queue, rate_key, external_queue)
              SELECT $1, m.run_at, now(), $3,
                     coalesce($4, CASE WHEN $5 <> 'allow' THEN 'task:' || $1::uuid::text END), $5, $6, $7, 'schedule',
+                    (SELECT tq.queue FROM task tq WHERE tq.id = $1),
+                    (SELECT orrery_rate_key(tq.rate_key, coalesce(tq.payload->'params', '{}') || coalesce(NULL::jsonb, '{}'), NULL::jsonb) FROM task tq WHERE tq.id = $1),
                     (SELECT external_queue FROM task WHERE id = $1)
                FROM marked m
              ON CONFLICT (task_id, run_at) WHERE trigger = 'schedule' DO NOTHING

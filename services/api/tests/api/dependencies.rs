@@ -34,7 +34,7 @@ async fn task_count(app: &TestApp) -> i64 {
 async fn settle_ready(app: &TestApp, only: Option<&str>, settlement: Settlement) -> Vec<i64> {
     let pool = app.db.pool();
     let c = pool.get().await.unwrap();
-    let claimed = queue::claim_batch(&c, "test-worker", 30.0, 100, None)
+    let claimed = queue::claim_batch(&c, "test-worker", 30.0, 100, None, None, false, true)
         .await
         .unwrap()
         .claimed;

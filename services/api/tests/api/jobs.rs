@@ -393,7 +393,7 @@ async fn the_built_in_worker_never_claims_external_work() {
     let plain_job = run_now(&app, ADMIN, &builtin, json!({})).await;
     let pool = app.db.pool();
     let client = pool.get().await.unwrap();
-    let claimed = orrery::queue::claim_batch(&client, "w", 60.0, 100, None)
+    let claimed = orrery::queue::claim_batch(&client, "w", 60.0, 100, None, None, false, true)
         .await
         .unwrap();
     let ids: Vec<i64> = claimed.claimed.iter().map(|c| c.id).collect();
