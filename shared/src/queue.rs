@@ -312,10 +312,11 @@ dep_gate AS (
 ),
 dep_fired AS (
     INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                          misfire_grace_seconds, trigger, trace_id)
+                          misfire_grace_seconds, trigger, trace_id, queue, rate_key, external_queue)
     SELECT t.id, (SELECT now FROM clock), (SELECT now FROM clock), t.priority,
            coalesce(t.concurrency_key, CASE WHEN t.overlap <> 'allow' THEN 'task:' || t.id::text END),
-           t.overlap, t.catchup, t.misfire_grace_seconds, 'dependency', g.trace_id
+           t.overlap, t.catchup, t.misfire_grace_seconds, 'dependency', g.trace_id, t.queue,
+           orrery_rate_key(t.rate_key, t.payload->'params', NULL), t.external_queue
       FROM dep_gate g
       JOIN task t ON t.id = g.task_id
      WHERE g.just_fired

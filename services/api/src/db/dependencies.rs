@@ -181,10 +181,11 @@ pub async fn release_held(c: &impl Db, task: Uuid) -> Result<u64, Error> {
                  RETURNING trace_id
              )
              INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                                   misfire_grace_seconds, trigger, trace_id)
+                                   misfire_grace_seconds, trigger, trace_id, queue, rate_key, external_queue)
              SELECT t.id, now(), now(), t.priority,
                     coalesce(t.concurrency_key, CASE WHEN t.overlap <> 'allow' THEN 'task:' || t.id::text END),
-                    t.overlap, t.catchup, t.misfire_grace_seconds, 'dependency', r.trace_id
+                    t.overlap, t.catchup, t.misfire_grace_seconds, 'dependency', r.trace_id, t.queue,
+                    orrery_rate_key(t.rate_key, t.payload->'params', NULL), t.external_queue
                FROM released r JOIN task t ON t.id = $1",
         )
         .await?;
