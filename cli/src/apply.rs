@@ -76,6 +76,17 @@ fn normalized(field: &str, v: &Value) -> Value {
             m.entry("pipeline").or_insert_with(|| json!([]));
         }
     }
+    // `after` entries: the server adds the resolved parent id and the default condition.
+    if field == "after" {
+        if let Value::Array(entries) = &mut v {
+            for entry in entries {
+                if let Value::Object(e) = entry {
+                    e.remove("task_id");
+                    e.entry("condition").or_insert_with(|| json!("success"));
+                }
+            }
+        }
+    }
     v
 }
 

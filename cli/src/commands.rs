@@ -36,6 +36,7 @@ const TASK_KEYS: &[&str] = &[
     "overlap",
     "queue",
     "rate_key",
+    "after",
     "concurrency_key",
     "dedupe_key",
     "dedupe_window_seconds",
@@ -192,6 +193,14 @@ pub fn tasks(client: &Client, cmd: TasksCmd, fmt: Format) -> CliResult<()> {
                 if let Value::Object(m) = &mut t {
                     for k in SERVER_FIELDS {
                         m.remove(*k);
+                    }
+                    // `after` entries name their parent as written; the resolved id is the server's.
+                    if let Some(Value::Array(after)) = m.get_mut("after") {
+                        for entry in after {
+                            if let Value::Object(e) = entry {
+                                e.remove("task_id");
+                            }
+                        }
                     }
                 }
                 let keys: Vec<&str> = TASK_KEYS

@@ -33,6 +33,7 @@ pub const FIELDS: &[&str] = &[
     "overlap",
     "queue",
     "rate_key",
+    "after",
 ];
 
 /// Fields the server sets; `orrery tasks get --export` leaves them out.
@@ -66,6 +67,9 @@ struct Typed {
     misfire_grace_seconds: Option<i64>,
     catchup: Option<String>,
     overlap: Option<String>,
+    queue: Option<String>,
+    rate_key: Option<String>,
+    after: Option<Vec<Value>>,
 }
 
 /// Where a definition came from.

@@ -264,7 +264,7 @@ static INSERT_AUDITED: LazyLock<String> = LazyLock::new(|| {
                        now(), coalesce($18, now()), $19, $21, $22, $23, $24)
                RETURNING {TASK_COLUMNS}
              ), named_queue AS (
-               INSERT INTO queue (name) VALUES ($22) ON CONFLICT (name) DO NOTHING
+               INSERT INTO queue (name) VALUES ($23) ON CONFLICT (name) DO NOTHING
              ), audit AS (
                INSERT INTO audit_log (actor, action, subject_type, subject_id, details)
                SELECT $20, 'task.create', 'task', t.id::text,
