@@ -596,8 +596,9 @@ decided AS (
 /// Which rows an external claim may take: the first `$3` unleased ready rows of each named queue (`$queues`) in
 /// claim order, read from the `due_work_external_claim` index one queue at a time (a plain
 /// `external_queue = ANY(..)` cannot use the index's order and sorts the whole queue), of tasks created by
-/// `$owner` (NULL = any owner: an admin caller). The claim then orders, locks and decides on these candidates
-/// exactly as the built-in claim does.
+/// `$owner` (NULL = any owner: an admin caller). The rows are locked with `SKIP LOCKED` already here, so that
+/// concurrent claims of one queue take successive rows instead of all picking the same head and coming back
+/// empty. The claim then orders, locks and decides on these candidates exactly as the built-in claim does.
 macro_rules! external_filter {
     ($queues:literal, $owner:literal) => {
         concat!(
@@ -615,7 +616,8 @@ macro_rules! external_filter {
             $owner,
             "::uuid))
                           ORDER BY e.priority, e.ready_at, e.id
-                          LIMIT $3) x)"
+                          LIMIT $3
+                            FOR UPDATE OF e SKIP LOCKED) x)"
         )
     };
 }
