@@ -39,6 +39,7 @@ const TASK_KEYS: &[&str] = &[
     "dedupe_window_seconds",
     "description",
     "payload",
+    "after",
     "created_by",
     "created_at",
     "updated_at",

@@ -31,6 +31,7 @@ pub const FIELDS: &[&str] = &[
     "misfire_grace_seconds",
     "catchup",
     "overlap",
+    "after",
 ];
 
 /// Fields the server sets; `orrery tasks get --export` leaves them out.
@@ -64,6 +65,8 @@ struct Typed {
     misfire_grace_seconds: Option<i64>,
     catchup: Option<String>,
     overlap: Option<String>,
+    /// `[{task: <name or id>, condition?: success|failure|any, params?: {...}}]`.
+    after: Option<Vec<Map<String, Value>>>,
 }
 
 /// Where a definition came from.
