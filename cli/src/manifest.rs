@@ -69,7 +69,8 @@ struct Typed {
     overlap: Option<String>,
     queue: Option<String>,
     rate_key: Option<String>,
-    after: Option<Vec<Value>>,
+    /// `[{task: <name or id>, condition?: success|failure|any, params?: {...}}]`.
+    after: Option<Vec<Map<String, Value>>>,
 }
 
 /// Where a definition came from.

@@ -113,7 +113,7 @@ pub static RECONCILE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
 pub static WORK: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "orrery_worker_work_total",
-        "work items by outcome: claimed, succeeded, failed, retried, dead, discarded, released",
+        "work items by outcome: claimed, succeeded, failed, retried, dead, discarded, released, dependents_fired",
         &["outcome"]
     )
     .expect("metric registers")

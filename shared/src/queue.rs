@@ -379,10 +379,12 @@ recorded AS (
 ),
 -- A lease that expired on the last attempt is the parent's final failure: its dependents are decided here.
 parent_settled AS (
-    SELECT x.id, x.task_id, x.trace_id, x.params, 'dead'::text AS outcome, NULL::jsonb AS output, r.id AS run_id
+    SELECT x.id, x.task_id, x.trace_id, x.params, 'dead'::text AS outcome, NULL::jsonb AS output,
+           ((SELECT jsonb_object_agg(r.due_work_id::text, r.id) FROM recorded r WHERE r.attempt > 0)
+               ->> x.id::text)::bigint AS run_id
       FROM decided x
-      JOIN buried b ON b.id = x.id
-      JOIN recorded r ON r.due_work_id = x.id AND r.attempt = x.attempt
+     WHERE x.action = 'lease_exhausted'
+       AND EXISTS (SELECT 1 FROM task_dependency e WHERE e.parent_task_id = x.task_id)
 ),
 "#,
     fire_dependents!(),
@@ -973,11 +975,13 @@ recorded AS (
      WHERE EXISTS (SELECT 1 FROM task t WHERE t.id = x.task_id)
     RETURNING id, due_work_id
 ),
+-- The run ids come from one aggregate of `recorded` (an init plan, evaluated only when a row has dependents): a join
+-- with the CTE is planned as a nested loop (no statistics), quadratic in the batch.
 parent_settled AS (
-    SELECT x.id, x.task_id, x.trace_id, x.params, i.outcome, i.output, r.id AS run_id
+    SELECT x.id, x.task_id, x.trace_id, x.params, i.outcome, i.output,
+           ((SELECT jsonb_object_agg(r.due_work_id::text, r.id) FROM recorded r) ->> x.id::text)::bigint AS run_id
       FROM settled x
       JOIN input i ON i.id = x.id
-      JOIN recorded r ON r.due_work_id = x.id
      WHERE i.outcome IN ('succeeded', 'dead')
        AND EXISTS (SELECT 1 FROM task_dependency e WHERE e.parent_task_id = x.task_id)
 ),

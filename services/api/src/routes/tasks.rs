@@ -329,6 +329,12 @@ fn read_after(f: &mut Fields) -> Opt<Vec<AfterDecl>> {
             None | Some(Value::Null) => None,
             Some(p @ Value::Object(_)) => {
                 let problems = orrery::pipeline::template_errors(p, &format!("{path}.params"));
+                // PostgreSQL cannot store a NUL character.
+                if let Some(nul) = crate::input::find_nul(p, &format!("{path}.params")) {
+                    f.errors
+                        .push(FieldError::new(nul, "must not contain NUL characters"));
+                    continue;
+                }
                 for e in problems {
                     f.errors.push(FieldError::new(e.field, e.message));
                 }
@@ -834,7 +840,7 @@ pub async fn create(
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::TasksWrite)?;
     let dry_run = q.boolean("dry_run")?.unwrap_or(false);
-    let input = read_input(&body.0, true)?;
+    let mut input = read_input(&body.0, true)?;
     let defaults = TaskValues {
         name: None,
         title: String::new(),
@@ -861,7 +867,6 @@ pub async fn create(
         queue: "default".into(),
         rate_key: None,
     };
-    let mut input = input;
     let after_input = std::mem::replace(&mut input.after, Opt::Absent);
     let mut values = merge(defaults, input);
     validation::normalize_payload(&mut values.payload);
