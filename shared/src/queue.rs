@@ -395,7 +395,7 @@ candidate AS (
 ),
 key_grant AS (
     INSERT INTO queue_flow AS f (queue, rate_key, running, running_until, start_at, start_n, asked, granted,
-                                 wait_until)
+                                 wait_until, next_room)
     SELECT a.queue, a.rate_key, g.*
       FROM (SELECT c.queue, c.rate_key, array_agg(c.id ORDER BY c.priority, c.ready_at, c.id) AS ids,
                    o.key_rate_limit, o.key_rate_period_seconds
@@ -406,7 +406,7 @@ key_grant AS (
            queue_flow_grant('{}', '{}', '{}', '{}', a.ids, NULL, a.key_rate_limit, a.key_rate_period_seconds,
                             $2, coalesce($4::timestamptz, clock_timestamp())) g
         ON CONFLICT (queue, rate_key) DO UPDATE
-       SET (running, running_until, start_at, start_n, asked, granted, wait_until) = (
+       SET (running, running_until, start_at, start_n, asked, granted, wait_until, next_room) = (
            SELECT g.*
              FROM queue q,
                   queue_flow_grant(f.running, f.running_until, f.start_at, f.start_n, excluded.asked,
@@ -423,7 +423,7 @@ keyed AS (
 ),
 queue_grant AS (
     INSERT INTO queue_flow AS f (queue, rate_key, running, running_until, start_at, start_n, asked, granted,
-                                 wait_until)
+                                 wait_until, next_room)
     SELECT a.queue, '', g.*
       FROM (SELECT c.queue, array_agg(c.id ORDER BY c.priority, c.ready_at, c.id) AS ids,
                    o.max_concurrency, o.rate_limit, o.rate_period_seconds
@@ -434,7 +434,7 @@ queue_grant AS (
            queue_flow_grant('{}', '{}', '{}', '{}', a.ids, a.max_concurrency, a.rate_limit, a.rate_period_seconds,
                             $2, coalesce($4::timestamptz, clock_timestamp())) g
         ON CONFLICT (queue, rate_key) DO UPDATE
-       SET (running, running_until, start_at, start_n, asked, granted, wait_until) = (
+       SET (running, running_until, start_at, start_n, asked, granted, wait_until, next_room) = (
            SELECT g.*
              FROM queue q,
                   queue_flow_grant(f.running, f.running_until, f.start_at, f.start_n, excluded.asked,
@@ -900,8 +900,8 @@ pub async fn prune_rate_keys(
     client.execute(&stmt, &[&clock]).await
 }
 
-/// Seconds until the next future `ready_at` (one index probe per priority of the claim index) or until a
-/// full rate window of a queue or key has room again, NULL when nothing is scheduled. Expired leases are not predicted here: an idle worker re-checks at least every few
+/// Seconds until the next future `ready_at` (one index probe per priority of the claim index) or until the
+/// rate window of a queue or key has more room (`queue_flow.next_room`), NULL when nothing is scheduled. Expired leases are not predicted here: an idle worker re-checks at least every few
 /// seconds and the claim takes them.
 pub const NEXT_WAKE_SQL: &str = r#"
 WITH clock AS (SELECT coalesce($1::timestamptz, now()) AS now)
@@ -912,8 +912,8 @@ SELECT extract(epoch FROM least(
                       WHERE d.state = 'pending' AND d.priority = p.priority
                         AND d.ready_at > (SELECT now FROM clock)
                       ORDER BY d.ready_at LIMIT 1) n),
-    (SELECT f.wait_until FROM queue_flow f WHERE f.wait_until > (SELECT now FROM clock)
-      ORDER BY f.wait_until LIMIT 1)
+    (SELECT f.next_room FROM queue_flow f WHERE f.next_room > (SELECT now FROM clock)
+      ORDER BY f.next_room LIMIT 1)
 ) - (SELECT now FROM clock))::float8
 "#;
 
