@@ -900,30 +900,39 @@ pub async fn prune_rate_keys(
     client.execute(&stmt, &[&clock]).await
 }
 
-/// Seconds until the next future `ready_at` (one index probe per priority of the claim index) or until the
-/// rate window of a queue or key has more room (`queue_flow.next_room`), NULL when nothing is scheduled. Expired leases are not predicted here: an idle worker re-checks at least every few
+/// Seconds until the next future `ready_at` (one index probe per priority of the claim index), NULL when
+/// nothing is scheduled; and until the rate window of a queue or key has more room (`queue_flow.next_room`). Expired leases are not predicted here: an idle worker re-checks at least every few
 /// seconds and the claim takes them.
 pub const NEXT_WAKE_SQL: &str = r#"
 WITH clock AS (SELECT coalesce($1::timestamptz, now()) AS now)
-SELECT extract(epoch FROM least(
-    (SELECT min(n.ready_at)
-       FROM generate_series(1, 9) AS p(priority),
-            LATERAL (SELECT d.ready_at FROM due_work d
-                      WHERE d.state = 'pending' AND d.priority = p.priority
-                        AND d.ready_at > (SELECT now FROM clock)
-                      ORDER BY d.ready_at LIMIT 1) n),
-    (SELECT f.next_room FROM queue_flow f WHERE f.next_room > (SELECT now FROM clock)
-      ORDER BY f.next_room LIMIT 1)
+SELECT extract(epoch FROM (
+    SELECT min(n.ready_at)
+      FROM generate_series(1, 9) AS p(priority),
+           LATERAL (SELECT d.ready_at FROM due_work d
+                     WHERE d.state = 'pending' AND d.priority = p.priority
+                       AND d.ready_at > (SELECT now FROM clock)
+                     ORDER BY d.ready_at LIMIT 1) n
+) - (SELECT now FROM clock))::float8,
+       extract(epoch FROM (
+    SELECT f.next_room FROM queue_flow f
+     WHERE f.next_room > (SELECT now FROM clock) - make_interval(secs => $2)
+     ORDER BY f.next_room LIMIT 1
 ) - (SELECT now FROM clock))::float8
 "#;
 
+/// When to claim again: seconds until the next future `ready_at`, and until the earliest `next_room` of a rate
+/// window that is later than `since` seconds ago (the start of the claim that found nothing). A window that
+/// opened between that claim and this query answers ≤ 0: claim again at once rather than sleep past it (the
+/// race left both workers of the rate-limit bench asleep for the 5 s cap). An opening older than the claim is
+/// not returned again, so an empty limited queue is not polled.
 pub async fn seconds_until_next_wake(
     client: &impl GenericClient,
     clock: Option<DateTime<Utc>>,
-) -> Result<Option<f64>, tokio_postgres::Error> {
+    since: f64,
+) -> Result<(Option<f64>, Option<f64>), tokio_postgres::Error> {
     let stmt = client.prepare_cached(NEXT_WAKE_SQL).await?;
-    let row = client.query_one(&stmt, &[&clock]).await?;
-    Ok(row.get(0))
+    let row = client.query_one(&stmt, &[&clock, &since]).await?;
+    Ok((row.get(0), row.get(1)))
 }
 
 /// The worker's heartbeat row (one per worker process, so workers never contend on one row).
