@@ -515,6 +515,7 @@ impl ClaimOutcome {
 /// for that while they find nothing and the flow claim is getting rows, at most for 100 ms at a time, because
 /// they read past every waiting row of the constrained queues. With no constrained queue, one statement runs,
 /// as before queues.
+#[allow(clippy::too_many_arguments)]
 pub async fn claim_batch(
     client: &impl GenericClient,
     worker_id: &str,
