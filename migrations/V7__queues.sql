@@ -72,7 +72,10 @@ $$;
 --     past its expiry no longer counts: a worker killed mid-run gives its places back when its lease ends);
 --   start_at / start_n: the sliding-window log, one entry per claim that started rows in the last period;
 --   asked / granted: what the last claim asked for (candidate ids in claim order) and how many it got;
---   wait_until: when a full window has room again (idle workers wake at it; the claim skips a full key).
+--   wait_until: when a full window has room again (the claim skips a key whose window is full);
+--   next_room: when the oldest entry of the log leaves the window, i.e. when room next grows (idle workers
+--     wake at it; set whenever the log is not empty, not only when the window is full, because a claim's view
+--     of the room at its start can be a few milliseconds older than the grant's).
 CREATE TABLE queue_flow (
     queue         text NOT NULL,
     rate_key      text NOT NULL DEFAULT '',
@@ -83,13 +86,14 @@ CREATE TABLE queue_flow (
     asked         bigint[] NOT NULL DEFAULT '{}',
     granted       integer NOT NULL DEFAULT 0,
     wait_until    timestamptz,
+    next_room     timestamptz,
     PRIMARY KEY (queue, rate_key)
 );
 
 -- Queue-level rows (max_concurrency places, given back and renewed by id) and pending wake-ups, without scanning
 -- one row per rate key.
 CREATE INDEX queue_flow_places ON queue_flow (queue) WHERE rate_key = '';
-CREATE INDEX queue_flow_wait ON queue_flow (wait_until) WHERE wait_until IS NOT NULL;
+CREATE INDEX queue_flow_wait ON queue_flow (next_room) WHERE next_room IS NOT NULL;
 
 -- The grant: given a flow state, the ids asking to start (in claim order), the limits, the lease length and the
 -- clock, returns the new state. Instants in the log never go backwards (a claimer whose transaction began
@@ -99,7 +103,7 @@ CREATE FUNCTION queue_flow_grant(
     p_asked bigint[], p_max_concurrency integer, p_rate_limit integer, p_rate_period double precision,
     p_lease double precision, p_now timestamptz,
     OUT running bigint[], OUT running_until timestamptz[], OUT start_at timestamptz[], OUT start_n integer[],
-    OUT asked bigint[], OUT granted integer, OUT wait_until timestamptz)
+    OUT asked bigint[], OUT granted integer, OUT wait_until timestamptz, OUT next_room timestamptz)
 LANGUAGE plpgsql AS $$
 DECLARE
     t    timestamptz := greatest(p_now, p_start_at[cardinality(p_start_at)]);
@@ -146,6 +150,8 @@ BEGIN
     granted := g;
     wait_until := CASE WHEN p_rate_limit IS NOT NULL AND used >= p_rate_limit
                        THEN start_at[1] + make_interval(secs => p_rate_period) END;
+    next_room := CASE WHEN p_rate_limit IS NOT NULL AND cardinality(start_at) > 0
+                      THEN start_at[1] + make_interval(secs => p_rate_period) END;
 END;
 $$;
 

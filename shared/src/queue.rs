@@ -518,7 +518,7 @@ candidate AS (
 ),
 key_grant AS (
     INSERT INTO queue_flow AS f (queue, rate_key, running, running_until, start_at, start_n, asked, granted,
-                                 wait_until)
+                                 wait_until, next_room)
     SELECT a.queue, a.rate_key, g.*
       FROM (SELECT c.queue, c.rate_key, array_agg(c.id ORDER BY c.priority, c.ready_at, c.id) AS ids,
                    o.key_rate_limit, o.key_rate_period_seconds
@@ -529,7 +529,7 @@ key_grant AS (
            queue_flow_grant('{}', '{}', '{}', '{}', a.ids, NULL, a.key_rate_limit, a.key_rate_period_seconds,
                             $2, coalesce($4::timestamptz, clock_timestamp())) g
         ON CONFLICT (queue, rate_key) DO UPDATE
-       SET (running, running_until, start_at, start_n, asked, granted, wait_until) = (
+       SET (running, running_until, start_at, start_n, asked, granted, wait_until, next_room) = (
            SELECT g.*
              FROM queue q,
                   queue_flow_grant(f.running, f.running_until, f.start_at, f.start_n, excluded.asked,
@@ -546,7 +546,7 @@ keyed AS (
 ),
 queue_grant AS (
     INSERT INTO queue_flow AS f (queue, rate_key, running, running_until, start_at, start_n, asked, granted,
-                                 wait_until)
+                                 wait_until, next_room)
     SELECT a.queue, '', g.*
       FROM (SELECT c.queue, array_agg(c.id ORDER BY c.priority, c.ready_at, c.id) AS ids,
                    o.max_concurrency, o.rate_limit, o.rate_period_seconds
@@ -557,7 +557,7 @@ queue_grant AS (
            queue_flow_grant('{}', '{}', '{}', '{}', a.ids, a.max_concurrency, a.rate_limit, a.rate_period_seconds,
                             $2, coalesce($4::timestamptz, clock_timestamp())) g
         ON CONFLICT (queue, rate_key) DO UPDATE
-       SET (running, running_until, start_at, start_n, asked, granted, wait_until) = (
+       SET (running, running_until, start_at, start_n, asked, granted, wait_until, next_room) = (
            SELECT g.*
              FROM queue q,
                   queue_flow_grant(f.running, f.running_until, f.start_at, f.start_n, excluded.asked,
@@ -1203,30 +1203,39 @@ pub async fn prune_rate_keys(
     client.execute(&stmt, &[&clock]).await
 }
 
-/// Seconds until the next future `ready_at` (one index probe per priority of the claim index) or until a
-/// full rate window of a queue or key has room again, NULL when nothing is scheduled. Expired leases are not predicted here: an idle worker re-checks at least every few
+/// Seconds until the next future `ready_at` (one index probe per priority of the claim index), NULL when
+/// nothing is scheduled; and until the rate window of a queue or key has more room (`queue_flow.next_room`). Expired leases are not predicted here: an idle worker re-checks at least every few
 /// seconds and the claim takes them.
 pub const NEXT_WAKE_SQL: &str = r#"
 WITH clock AS (SELECT coalesce($1::timestamptz, now()) AS now)
-SELECT extract(epoch FROM least(
-    (SELECT min(n.ready_at)
-       FROM generate_series(1, 9) AS p(priority),
-            LATERAL (SELECT d.ready_at FROM due_work d
-                      WHERE d.state = 'pending' AND d.external_queue IS NULL AND d.priority = p.priority
-                        AND d.ready_at > (SELECT now FROM clock)
-                      ORDER BY d.ready_at LIMIT 1) n),
-    (SELECT f.wait_until FROM queue_flow f WHERE f.wait_until > (SELECT now FROM clock)
-      ORDER BY f.wait_until LIMIT 1)
+SELECT extract(epoch FROM (
+    SELECT min(n.ready_at)
+      FROM generate_series(1, 9) AS p(priority),
+           LATERAL (SELECT d.ready_at FROM due_work d
+                     WHERE d.state = 'pending' AND d.external_queue IS NULL AND d.priority = p.priority
+                       AND d.ready_at > (SELECT now FROM clock)
+                     ORDER BY d.ready_at LIMIT 1) n
+) - (SELECT now FROM clock))::float8,
+       extract(epoch FROM (
+    SELECT f.next_room FROM queue_flow f
+     WHERE f.next_room > (SELECT now FROM clock) - make_interval(secs => $2)
+     ORDER BY f.next_room LIMIT 1
 ) - (SELECT now FROM clock))::float8
 "#;
 
+/// When to claim again: seconds until the next future `ready_at`, and until the earliest `next_room` of a rate
+/// window that is later than `since` seconds ago (the start of the claim that found nothing). A window that
+/// opened between that claim and this query answers ≤ 0: claim again at once rather than sleep past it (the
+/// race left both workers of the rate-limit bench asleep for the 5 s cap). An opening older than the claim is
+/// not returned again, so an empty limited queue is not polled.
 pub async fn seconds_until_next_wake(
     client: &impl GenericClient,
     clock: Option<DateTime<Utc>>,
-) -> Result<Option<f64>, tokio_postgres::Error> {
+    since: f64,
+) -> Result<(Option<f64>, Option<f64>), tokio_postgres::Error> {
     let stmt = client.prepare_cached(NEXT_WAKE_SQL).await?;
-    let row = client.query_one(&stmt, &[&clock]).await?;
-    Ok(row.get(0))
+    let row = client.query_one(&stmt, &[&clock, &since]).await?;
+    Ok((row.get(0), row.get(1)))
 }
 
 /// The worker's heartbeat row (one per worker process, so workers never contend on one row).

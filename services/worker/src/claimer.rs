@@ -202,7 +202,7 @@ pub async fn claim_loop(
         }
         // Fewer than wanted: the queue is empty for now. A drain that ended should not keep a stale rate.
         pace.rate = 0.0;
-        idle_wait(&claimer, &mut conn, &mut stop).await;
+        idle_wait(&claimer, &mut conn, &mut stop, sent.elapsed()).await;
     }
 }
 
@@ -281,26 +281,34 @@ async fn idle_wait(
     claimer: &Claimer,
     conn: &mut ClaimConnection,
     stop: &mut watch::Receiver<bool>,
+    since: Duration,
 ) {
     let cap = if claimer.hints.redis_up() {
         IDLE_CAP_WITH_REDIS.max(claimer.settings.poll_interval)
     } else {
         claimer.settings.poll_interval
     };
-    let next = match conn.get(&claimer.db).await {
-        Ok(client) => match queue::seconds_until_next_wake(client, claimer.db.clock()).await {
+    // A little more than the time since the claim that found nothing was sent (see seconds_until_next_wake).
+    let since = since.as_secs_f64() + 0.005;
+    let (next, room) = match conn.get(&claimer.db).await {
+        Ok(client) => match queue::seconds_until_next_wake(client, claimer.db.clock(), since).await
+        {
             Ok(next) => next,
             Err(e) => {
                 tracing::debug!(error = %e, "next wake-up query failed");
                 conn.discard();
-                None
+                (None, None)
             }
         },
         Err(_) => {
             conn.discard();
-            None
+            (None, None)
         }
     };
+    // A rate window opened since that claim began: claim again now.
+    if room.is_some_and(|s| s <= 0.0) {
+        return;
+    }
     let wait = match next {
         // A known instant: wake right at it (the timer rounds up to the millisecond).
         Some(s) if s > 0.0 => Duration::from_secs_f64(s).min(cap),
@@ -308,6 +316,10 @@ async fn idle_wait(
         // it notifies `capacity`, the polling interval covers other workers' completions.
         Some(_) => claimer.settings.poll_interval.min(cap),
         None => cap,
+    };
+    let wait = match room {
+        Some(s) => wait.min(Duration::from_secs_f64(s)),
+        None => wait,
     };
     tokio::select! {
         _ = claimer.hints.woken() => tracing::trace!("woken by a hint"),
