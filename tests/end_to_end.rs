@@ -194,6 +194,6 @@ async fn lifecycle_changes_over_rest_reach_the_scheduler_within_a_second() {
     let (status, _) = call(reqwest::Method::POST, format!("/tasks/{id}/resume"), None).await;
     assert_eq!(status, 409);
     // A full scheduler tick later, still nothing (the scheduler never revives a canceled task).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    scheduler.scheduler_full_pass(Duration::from_secs(20)).await;
     assert!(future_rows(&c, id).await.is_empty());
 }

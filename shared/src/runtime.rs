@@ -7,6 +7,7 @@ use std::future::Future;
 use deadpool_postgres::Pool;
 use tokio::sync::watch;
 
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::health::Readiness;
 use crate::streams::Redis;
@@ -18,6 +19,8 @@ pub struct Context {
     pub readiness: Readiness,
     /// Flips to true on SIGTERM / SIGINT.
     pub stop: watch::Receiver<bool>,
+    /// Where every component reads time (the database's now in production; tests may put a manual clock here).
+    pub clock: Clock,
 }
 
 /// Which internal health port a component listens on (the API serves health on its own port).
@@ -139,5 +142,6 @@ pub fn build_context(
         redis,
         readiness,
         stop,
+        clock: Clock::Database,
     })
 }

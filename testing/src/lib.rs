@@ -308,6 +308,30 @@ impl Service {
         http_get(self.health_port, path).await
     }
 
+    /// The value of one sample of the service's `/metrics` (`name` with its labels exactly as exposed, e.g.
+    /// `orrery_scheduler_reconcile_duration_seconds_count{outcome="ok"}`); None while it is not exposed.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let (status, body) = self.get("/metrics").await?;
+        if status != 200 {
+            return None;
+        }
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+    }
+
+    /// Waits until the scheduler has started and finished a whole materialization pass after this call: the
+    /// awaited form of "a full tick later, nothing happened" (a pass already under way when called may have
+    /// read the database before the caller's change, so two passes must end).
+    pub async fn scheduler_full_pass(&self, timeout: Duration) {
+        const PASSES: &str = "orrery_scheduler_reconcile_duration_seconds_count{outcome=\"ok\"}";
+        let before = self.metric(PASSES).await.unwrap_or(0.0);
+        wait_for("two scheduler passes", timeout, || async {
+            (self.metric(PASSES).await.unwrap_or(0.0) >= before + 2.0).then_some(())
+        })
+        .await;
+    }
+
     /// Waits until `/health/ready` answers 200.
     pub async fn wait_ready(&self, timeout: Duration) {
         let name = self.name.clone();

@@ -197,7 +197,7 @@ async fn authenticate(state: &AppState, token: &str) -> ApiResult<Caller> {
     };
     let stale = found
         .last_used_at
-        .is_none_or(|t| (chrono::Utc::now() - t).num_seconds() >= LAST_USED_INTERVAL_SECONDS);
+        .is_none_or(|t| (state.clock.now() - t).num_seconds() >= LAST_USED_INTERVAL_SECONDS);
     if stale {
         // Bookkeeping only: never delay or fail the request for it.
         let pool = state.pool.clone();

@@ -123,6 +123,12 @@ pub async fn edge(
 
 fn finish_envelope(res: ServiceResponse<BoxBody>, request_id: &str) -> ServiceResponse<BoxBody> {
     let status = res.status();
+    // The app's clock; a response from outside the app (none is registered) takes the process clock.
+    let now = res
+        .request()
+        .app_data::<actix_web::web::Data<crate::state::AppState>>()
+        .map(|s| s.clock.now())
+        .unwrap_or_else(chrono::Utc::now);
     let parts: EnvelopeParts = res
         .response()
         .extensions()
@@ -139,7 +145,7 @@ fn finish_envelope(res: ServiceResponse<BoxBody>, request_id: &str) -> ServiceRe
         message: parts.message,
         details: parts.details,
         request_id: request_id.to_string(),
-        timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     };
     let body = serde_json::to_vec(&envelope).unwrap_or_default();
     res.map_body(move |head, _old| {

@@ -150,6 +150,7 @@ impl Application {
             started: Instant::now(),
             jobs_ready: tokio::sync::Notify::new(),
             stop: ctx.stop.clone(),
+            clock: ctx.clock.clone(),
         });
         if state.settings.admin_token().is_none() {
             tracing::warn!("ORRERY_ADMIN_TOKEN is not set: the system agent cannot authenticate");

@@ -9,6 +9,7 @@ use orrery::streams::Redis;
 
 use crate::auth::AuthCache;
 use crate::error::ApiResult;
+use orrery::clock::Clock;
 
 pub struct AppState {
     pub pool: Pool,
@@ -22,6 +23,8 @@ pub struct AppState {
     pub jobs_ready: tokio::sync::Notify,
     /// Turns true when the process is stopping: waiting claims answer at once.
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// Where handlers read time (runtime `Context::clock`).
+    pub clock: Clock,
 }
 
 impl AppState {

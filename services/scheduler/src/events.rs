@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
+use orrery::clock::Clock;
 use orrery::schedule::TopicPattern;
 use orrery::streams::{Redis, EVENTS};
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
@@ -63,7 +64,7 @@ pub fn parse_entry(entry: &StreamId) -> Option<Event> {
 }
 
 /// Inserts the due work of a batch of events in one transaction; returns the rows created.
-pub async fn deliver(pool: &Pool, events: &[Event]) -> anyhow::Result<u64> {
+pub async fn deliver(pool: &Pool, events: &[Event], clock: &Clock) -> anyhow::Result<u64> {
     if events.is_empty() {
         return Ok(0);
     }
@@ -116,8 +117,8 @@ pub async fn deliver(pool: &Pool, events: &[Event]) -> anyhow::Result<u64> {
                                            misfire_grace_seconds, trigger, event_id, event, queue, rate_key,
                                            external_queue)
                      SELECT $1, t, t, $3, $4, $5, $6, $7, 'event', $2, $8, tq.queue,
-                            orrery_rate_key(tq.rate_key, tq.payload->'params', $8), $10
-                       FROM first, coalesce($9::timestamptz, now()) AS t, task tq
+                            orrery_rate_key(tq.rate_key, tq.payload->'params', $8), $11
+                       FROM first, coalesce($9::timestamptz, $10::timestamptz, now()) AS t, task tq
                       WHERE tq.id = $1",
                     &[
                         &task.id,
@@ -129,6 +130,7 @@ pub async fn deliver(pool: &Pool, events: &[Event]) -> anyhow::Result<u64> {
                         &task.grace,
                         &event_json,
                         &ev.published_at,
+                        &clock.param(),
                         &task.external_queue,
                     ],
                 )
@@ -146,7 +148,7 @@ pub async fn deliver(pool: &Pool, events: &[Event]) -> anyhow::Result<u64> {
     orrery::metrics::FIRES_MATERIALIZED
         .with_label_values(&["event"])
         .inc_by(created);
-    let now = Utc::now();
+    let now = clock.now();
     for ev in events {
         if let Some(p) = ev.published_at {
             let lag = (now - p).num_milliseconds().max(0) as f64 / 1000.0;
@@ -200,6 +202,7 @@ async fn reclaim(
 
 async fn handle(
     pool: &Pool,
+    clock: &Clock,
     conn: &mut redis::aio::MultiplexedConnection,
     stream: &str,
     entries: Vec<StreamId>,
@@ -208,7 +211,7 @@ async fn handle(
         return Ok(());
     }
     let events: Vec<Event> = entries.iter().filter_map(parse_entry).collect();
-    let created = deliver(pool, &events).await?;
+    let created = deliver(pool, &events, clock).await?;
     let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
     let _: i64 = conn.xack(stream, GROUP, &ids).await?;
     tracing::debug!(events = entries.len(), created, "events delivered");
@@ -222,6 +225,7 @@ pub async fn run(
     redis: Redis,
     consumer: String,
     reclaim_idle_ms: u64,
+    clock: Clock,
     mut stop: watch::Receiver<bool>,
 ) {
     let stream = redis.key(EVENTS);
@@ -258,7 +262,7 @@ pub async fn run(
                 last_reclaim = std::time::Instant::now();
                 match reclaim(&mut conn, &stream, &consumer, reclaim_idle_ms).await {
                     Ok(entries) => {
-                        if let Err(e) = handle(&pool, &mut conn, &stream, entries).await {
+                        if let Err(e) = handle(&pool, &clock, &mut conn, &stream, entries).await {
                             tracing::warn!(error = %e, "events consumer: reclaimed entries not delivered yet");
                         }
                     }
@@ -288,7 +292,7 @@ pub async fn run(
                         own_pending = false;
                         continue;
                     }
-                    if let Err(e) = handle(&pool, &mut conn, &stream, entries).await {
+                    if let Err(e) = handle(&pool, &clock, &mut conn, &stream, entries).await {
                         // Not acknowledged: they stay pending and are read again from "0".
                         tracing::warn!(error = %e, "events consumer: delivery failed; will retry");
                         own_pending = true;

@@ -11,7 +11,6 @@ pub mod relay;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orrery::clock::Clock;
 use orrery::runtime::{self, Context, HealthPort};
 use orrery::streams::{Redis, TASK_CHANGES, WAKEUP, WAKEUP_MAXLEN};
 use redis::streams::{StreamReadOptions, StreamReadReply};
@@ -56,6 +55,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         ctx.redis.clone(),
         id.clone(),
         ctx.settings.scheduler_event_reclaim_ms,
+        ctx.clock.clone(),
         ctx.stop.clone(),
     ));
     tokio::spawn(relay::run(
@@ -80,7 +80,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     };
     let materializer = Materializer::new(
         ctx.pool.clone(),
-        Clock::Database,
+        ctx.clock.clone(),
         chrono::Duration::seconds(ctx.settings.scheduler_lookahead_seconds as i64),
         ctx.settings.scheduler_batch_size as i64,
     );

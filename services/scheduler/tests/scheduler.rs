@@ -301,7 +301,7 @@ async fn edits_pauses_resumes_and_cancels_take_effect_within_a_second() {
         .await
         .unwrap();
     announce("paused").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await; // a full tick: asserting that nothing happens
+    _s.scheduler_full_pass(WAIT).await; // asserting that nothing happens
     assert!(
         run_ats(&c, task).await.is_empty(),
         "a paused task gets no work"
@@ -342,7 +342,7 @@ async fn edits_pauses_resumes_and_cancels_take_effect_within_a_second() {
         .await
         .unwrap();
     announce("canceled").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await; // a full tick: asserting that nothing happens
+    _s.scheduler_full_pass(WAIT).await; // asserting that nothing happens
     assert!(run_ats(&c, task).await.is_empty());
     assert_eq!(status(&c, task).await, "canceled");
 }
@@ -477,7 +477,7 @@ async fn a_published_event_reaches_every_matching_task_once_with_its_payload() {
         payload: serde_json::json!({}),
         published_at: None,
     };
-    let created = orrery_scheduler::events::deliver(&db.pool(), &[ev])
+    let created = orrery_scheduler::events::deliver(&db.pool(), &[ev], &Clock::Database)
         .await
         .unwrap();
     assert_eq!(created, 0);

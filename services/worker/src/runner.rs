@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use orrery::clock::Clock;
 use orrery::pipeline::Payload;
 use orrery::queue::{ClaimedWork, Completion, Settlement};
 use serde_json::{Map, Value};
@@ -32,6 +33,8 @@ pub struct Runner {
     pub secrets: crate::secrets::SecretReader,
     pub backoff_base: f64,
     pub backoff_max: f64,
+    /// A pipeline's `now` (the claims and completions bind the `Db`'s clock).
+    pub clock: Clock,
 }
 
 pub async fn runner_loop(
@@ -123,7 +126,7 @@ pub async fn run_one(
             )
         }
     };
-    let mut ctx = run_context(work, &payload);
+    let mut ctx = run_context(work, &payload, &runner.clock);
     // A dependent run's params come from its parents' runs (rendered here, merged like run-now params).
     if work.trigger == "dependency" {
         match crate::dependency::params(&runner.secrets.pool, work).await {
@@ -164,7 +167,7 @@ pub async fn run_one(
 }
 
 /// The template context of a run (API decision 4): task params merged with the row's params (run-now wins).
-pub fn run_context(work: &ClaimedWork, payload: &Payload) -> RunContext {
+pub fn run_context(work: &ClaimedWork, payload: &Payload, clock: &Clock) -> RunContext {
     let mut params: Map<String, Value> = payload.params.clone();
     if let Some(Value::Object(extra)) = &work.params {
         for (k, v) in extra {
@@ -180,6 +183,7 @@ pub fn run_context(work: &ClaimedWork, payload: &Payload) -> RunContext {
         params,
         event: work.event.clone(),
         secrets: Map::new(),
+        clock: clock.clone(),
     }
 }
 

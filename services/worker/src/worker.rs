@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orrery::clock::Clock;
 use orrery::runtime::Context;
 use tokio::sync::{mpsc, watch};
 
@@ -30,6 +29,7 @@ impl Worker {
             redis,
             readiness,
             stop,
+            clock,
         } = ctx;
         let hostname = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
@@ -73,7 +73,7 @@ impl Worker {
 
         let events = Arc::new(RunEvents::start(redis.clone(), worker_id.clone()));
         // The handles: each task below gets clones of the ones it uses, and nothing else.
-        let db = Db::new(pool, &worker_id, Clock::Database);
+        let db = Db::new(pool, &worker_id, clock.clone());
         let held = HeldRows::default();
         let stats = Stats::default();
         let hints = Hints::default();
@@ -126,6 +126,7 @@ impl Worker {
             },
             backoff_base: ws.backoff_base,
             backoff_max: ws.backoff_max,
+            clock,
         };
         let mut runners = Vec::with_capacity(ws.concurrency);
         for _ in 0..ws.concurrency {

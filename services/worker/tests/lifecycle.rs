@@ -68,12 +68,15 @@ async fn a_run_longer_than_its_lease_is_never_run_twice_concurrently() {
         ("WORKER_LEASE_SECONDS", "1"),
         ("WORKER_POLL_INTERVAL", "0.05"),
     ];
-    let _a = start_worker(&db, &prefix, &env).await;
-    let _b = start_worker(&db, &prefix, &env).await;
+    let mut a = start_worker(&db, &prefix, &env).await;
+    let mut b = start_worker(&db, &prefix, &env).await;
     hint(&prefix).await;
     wait_count(&c, "the run", "SELECT count(*) FROM task_run", 1).await;
-    // Give a duplicate (if any) time to show up.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A duplicate, if any, started while the first ran: both workers finish their runs before they exit.
+    for w in [&mut a, &mut b] {
+        let (code, _) = w.terminate(Duration::from_secs(30)).await;
+        assert_eq!(code, Some(0), "{}", w.log_text());
+    }
     let runs = runs(&c).await;
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert!(runs[0].success);

@@ -3,7 +3,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use common::*;
 use orrery_testing::{redis_prefix, wait_for, TestDb};
@@ -711,8 +710,10 @@ async fn a_completion_for_a_deleted_task_is_discarded_without_failing_its_batch(
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].task_id, other);
     assert!(runs[0].success);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(w.log_text().contains("completion discarded"));
+    wait_for("the discarded completion in the log", WAIT, || async {
+        w.log_text().contains("completion discarded").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

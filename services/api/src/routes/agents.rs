@@ -370,7 +370,7 @@ pub async fn create_token(
     let token = generate_token();
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
-    let now = db::now(&tx).await?;
+    let now = db::now(&tx, &state.clock).await?;
     let expires_at = match (expires_at, ttl) {
         (Some(at), _) if at <= now => {
             return Err(ApiError::field("expires_at", "must be in the future"))

@@ -872,7 +872,7 @@ pub async fn create(
     validation::normalize_payload(&mut values.payload);
     // Validation and the cursor use this process's clock; the stored anchor and cursor use the database's
     // (the same instant to within the statement's latency).
-    let now = Utc::now();
+    let now = state.clock.now();
     let schedule = validate(&values, now)?;
     let cursor = initial_cursor(&schedule, now, values.misfire_grace_seconds, true)?;
     // A `once` fire inside its grace window: the cursor sits just before it so it is materialized at once.
@@ -1036,7 +1036,7 @@ pub async fn patch(
     let before = TaskValues::from_task(&row.task);
     let mut values = merge(before.clone(), input);
     validation::normalize_payload(&mut values.payload);
-    let now = db::now(&tx).await?;
+    let now = db::now(&tx, &state.clock).await?;
     let schedule_changed = values.schedule_kind != before.schedule_kind
         || values.schedule_expr != before.schedule_expr
         || values.timezone != before.timezone;
@@ -1263,7 +1263,7 @@ async fn transition(
             db::tasks::set_status(&tx, id, to.as_str(), None, None).await?
         }
         PendingWork::RestartFromNow => {
-            let now = db::now(&tx).await?;
+            let now = db::now(&tx, &state.clock).await?;
             let schedule = validation::parse_schedule(
                 &row.task.schedule_kind,
                 &row.task.schedule_expr,
@@ -1437,7 +1437,7 @@ pub async fn snooze(
             (wid, run_at, ready_at, row.task)
         }
         None => {
-            let now = db::now(&tx).await?;
+            let now = db::now(&tx, &state.clock).await?;
             let schedule = validation::parse_schedule(
                 &row.task.schedule_kind,
                 &row.task.schedule_expr,
@@ -1563,7 +1563,7 @@ pub async fn backfill(
     let row = db::tasks::lock(&tx, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
-    let now = db::now(&tx).await?;
+    let now = db::now(&tx, &state.clock).await?;
     if to > now {
         return Err(ApiError::field(
             "to",

@@ -73,8 +73,14 @@ pub async fn overview(state: web::Data<AppState>, caller: Caller) -> ApiResult<H
     caller.require(Scope::TasksRead)?;
     let with_runs = caller.require(Scope::RunsRead).is_ok();
     let client = state.db().await?;
-    let o: Overview =
-        queries::overview(&client, caller.owner_filter(), with_runs, caller.is_admin()).await?;
+    let o: Overview = queries::overview(
+        &client,
+        caller.owner_filter(),
+        with_runs,
+        caller.is_admin(),
+        state.clock.now(),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(o))
 }
 
@@ -263,7 +269,7 @@ pub async fn task_timeline(
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored schedule kind: {e}")))?;
     let tz = orrery::schedule::parse_timezone(&t.timezone)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored time zone: {e}")))?;
-    let now = Utc::now();
+    let now = state.clock.now();
     let schedule =
         orrery::schedule::Schedule::parse(kind, &t.schedule_expr, tz, row.schedule_anchor)
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored schedule: {e}")))?;

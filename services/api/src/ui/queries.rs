@@ -140,6 +140,7 @@ pub async fn overview(
     owner: Option<Uuid>,
     with_runs: bool,
     with_workers: bool,
+    now: DateTime<Utc>,
 ) -> Result<Overview, Error> {
     let runs = async {
         if with_runs {
@@ -163,7 +164,7 @@ pub async fn overview(
         next_fires(c, owner)
     )?;
     Ok(Overview {
-        generated_at: Utc::now(),
+        generated_at: now,
         tasks,
         work,
         runs,

@@ -400,7 +400,7 @@ async fn the_built_in_worker_never_claims_external_work() {
     assert_eq!(ids, vec![plain_job]);
     assert!(!ids.contains(&external_job));
     // Nor does it wake up for it: nothing else is pending for the built-in worker.
-    let wake = orrery::queue::seconds_until_next_wake(&client, None)
+    let (wake, _) = orrery::queue::seconds_until_next_wake(&client, None, 0.0)
         .await
         .unwrap();
     assert!(wake.is_none() || wake.unwrap() > 60.0, "{wake:?}");

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use orrery::clock::Clock;
 use orrery::pipeline::{self, Payload, Step, TemplateError};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -66,6 +67,8 @@ pub struct RunContext {
     pub event: Option<Value>,
     /// The secrets the pipeline reads (`secrets.NAME`), decrypted; redacted from everything the run returns.
     pub secrets: Map<String, Value>,
+    /// Where `now` comes from.
+    pub clock: Clock,
 }
 
 impl RunContext {
@@ -291,6 +294,7 @@ impl Executor {
 /// Everything a run accumulates; kept outside the run's future so a run timeout keeps what completed.
 struct RunState {
     context: Value,
+    clock: Clock,
     skipped: Vec<String>,
     failed_step: Option<Value>,
     current_step: Option<String>,
@@ -299,7 +303,8 @@ struct RunState {
 impl RunState {
     fn new(ctx: &RunContext) -> Self {
         Self {
-            context: ctx.template_context(Utc::now()),
+            context: ctx.template_context(ctx.clock.now()),
+            clock: ctx.clock.clone(),
             skipped: Vec::new(),
             failed_step: None,
             current_step: None,
@@ -307,7 +312,7 @@ impl RunState {
     }
 
     fn refresh_now(&mut self) {
-        self.context["now"] = Value::String(rfc3339(Utc::now()));
+        self.context["now"] = Value::String(rfc3339(self.clock.now()));
     }
 
     fn save(&mut self, name: &str, result: Value) {
@@ -569,6 +574,7 @@ mod tests {
                 "published_at": "2024-03-10T08:59:59Z"
             })),
             secrets: Map::new(),
+            clock: Clock::Database,
         }
     }
 

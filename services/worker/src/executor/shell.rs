@@ -394,6 +394,7 @@ mod tests {
             params: Map::new(),
             event: None,
             secrets: Map::new(),
+            clock: orrery::clock::Clock::Database,
         }
     }
 
