@@ -114,7 +114,7 @@ impl fmt::Debug for Settings {
     }
 }
 
-/// A queue name: 1-64 of `A-Z a-z 0-9 . _ -` (the `queue.name` check of migration V7).
+/// A queue name: 1-64 of `A-Z a-z 0-9 . _ -` (the `queue.name` check of migration V11).
 pub fn valid_queue_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name

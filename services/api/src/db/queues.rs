@@ -1,4 +1,4 @@
-//! Named queues (migration V7): their settings and, per queue, depth, lag and throughput.
+//! Named queues (migration V11): their settings and, per queue, depth, lag and throughput.
 
 use tokio_postgres::{Error, Row};
 

@@ -439,7 +439,7 @@ fn read_name(f: &mut Fields) -> Opt<String> {
 }
 
 /// `rate_key`: null, or a template of 1..200 characters whose placeholders are all `${params.PATH}` or
-/// `${event.PATH}` (the part the database renders, `orrery_rate_key` of migration V7).
+/// `${event.PATH}` (the part the database renders, `orrery_rate_key` of migration V11).
 fn read_rate_key(f: &mut Fields) -> Opt<String> {
     match f.raw("rate_key") {
         None => Opt::Absent,
