@@ -489,7 +489,7 @@ async fn settle(
     tx.commit().await?;
     if settled.dependents_fired > 0 {
         // The settlement released dependent runs: wake the workers that take them.
-        super::wake_workers(&state, job.task_id);
+        super::wake_workers(state, job.task_id);
     }
     let (name, event, retry_at) = match settlement {
         Settlement::Succeeded => ("succeeded", "succeeded", None),
