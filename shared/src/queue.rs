@@ -119,6 +119,32 @@ macro_rules! claim_stamp {
     };
 }
 
+/// Prepares a connection for claims that commit asynchronously (`synchronous_commit = off`), as the worker's
+/// claimer does. Run once on every new connection, before its first claim.
+///
+/// A claim committed asynchronously can be lost in a PostgreSQL crash, and with it the WAL record that advanced
+/// `due_work_fencing`: after recovery the sequence hands out the lost claim's tokens again, often to the same rows
+/// in the same order. A worker still holding a lost claim's (row, token) would then have its completion accepted
+/// while another claim of that row with the same token is running. A crash breaks every connection, so each
+/// claimer passes through here before it claims again: the sequence is moved a million values past anything a
+/// lost claim can have taken (the lost window is the WAL not yet flushed, well under a second of claims), in a
+/// transaction that commits synchronously with an xid of its own so that its commit flushes the WAL. An advisory
+/// lock keeps two workers reconnecting at once from moving the sequence backwards.
+pub const CLAIM_SESSION_SQL: &str = "BEGIN;
+SELECT pg_current_xact_id();
+SELECT pg_advisory_xact_lock(hashtext('orrery.due_work_fencing'));
+SELECT setval('due_work_fencing', (SELECT last_value FROM due_work_fencing) + 1000000);
+COMMIT;
+SET synchronous_commit = off;
+SET jit = off";
+
+/// Runs [`CLAIM_SESSION_SQL`] on `client`. JIT goes off too: the flow claim's estimates (a lateral scan per
+/// constrained queue) can exceed the JIT thresholds, and compiling it took seconds per claim on a busy 2-vCPU
+/// host; no claim needs JIT.
+pub async fn start_claim_session(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(CLAIM_SESSION_SQL).await
+}
+
 /// What a claim returns of the rows it stamped.
 macro_rules! claim_returning {
     () => {
@@ -926,17 +952,20 @@ pub struct Completion {
 /// ([`fire_dependents`]) in the same transaction. $1 clock, $2 worker id, then the columns of the batch as arrays.
 pub const COMPLETE_SQL: &str = concat!(
     r#"WITH clock AS (SELECT coalesce($1::timestamptz, now()) AS now),
+-- One completion per (row, fencing token): a batch can hold the same row twice (a row claimed again by the same
+-- worker after its earlier claim was lost), and a duplicate must not record a second run.
 input AS (
-    SELECT * FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::float8[], $7::timestamptz[],
-                         $8::timestamptz[], $9::text[], $10::text[], $11::jsonb[])
-                  AS i(id, fencing, outcome, delay, started_at, finished_at, error, error_kind, output)
+    SELECT DISTINCT ON (id, fencing) *
+      FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::float8[], $7::timestamptz[],
+                  $8::timestamptz[], $9::text[], $10::text[], $11::jsonb[])
+           AS i(id, fencing, outcome, delay, started_at, finished_at, error, error_kind, output)
 ),
 finished AS (
     DELETE FROM due_work d
      USING input i
      WHERE d.id = i.id AND d.fencing_token = i.fencing AND i.outcome = 'succeeded'
     RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key, d.event_id, d.event,
-              d.trace_id, d.params
+              d.trace_id, d.params, d.fencing_token
 ),
 retried AS (
     UPDATE due_work d
@@ -945,7 +974,7 @@ retried AS (
       FROM input i
      WHERE d.id = i.id AND d.fencing_token = i.fencing AND i.outcome = 'retry' AND d.state = 'pending'
     RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key, d.event_id, d.event,
-              d.trace_id, d.params
+              d.trace_id, d.params, d.fencing_token
 ),
 buried AS (
     UPDATE due_work d
@@ -954,7 +983,7 @@ buried AS (
       FROM input i
      WHERE d.id = i.id AND d.fencing_token = i.fencing AND i.outcome = 'dead' AND d.state = 'pending'
     RETURNING d.id, d.task_id, d.run_at, d.trigger, d.attempt, d.concurrency_key, d.event_id, d.event,
-              d.trace_id, d.params
+              d.trace_id, d.params, d.fencing_token
 ),
 settled AS (
     SELECT * FROM finished UNION ALL SELECT * FROM retried UNION ALL SELECT * FROM buried
@@ -971,7 +1000,7 @@ recorded AS (
            i.started_at, i.finished_at, i.outcome = 'succeeded', i.error, i.error_kind, i.output, x.event_id, x.event,
            x.trace_id
       FROM settled x
-      JOIN input i ON i.id = x.id
+      JOIN input i ON i.id = x.id AND i.fencing = x.fencing_token
      WHERE EXISTS (SELECT 1 FROM task t WHERE t.id = x.task_id)
     RETURNING id, due_work_id
 ),
@@ -981,23 +1010,23 @@ parent_settled AS (
     SELECT x.id, x.task_id, x.trace_id, x.params, i.outcome, i.output,
            ((SELECT jsonb_object_agg(r.due_work_id::text, r.id) FROM recorded r) ->> x.id::text)::bigint AS run_id
       FROM settled x
-      JOIN input i ON i.id = x.id
+      JOIN input i ON i.id = x.id AND i.fencing = x.fencing_token
      WHERE i.outcome IN ('succeeded', 'dead')
        AND EXISTS (SELECT 1 FROM task_dependency e WHERE e.parent_task_id = x.task_id)
 ),
 "#,
     fire_dependents!(),
     r#"
-SELECT id, (SELECT count(*) FROM dep_fired) FROM settled
+SELECT id, (SELECT count(*) FROM dep_fired), fencing_token FROM settled
 "#
 );
 
 /// What a completion statement did.
 #[derive(Debug, Default)]
 pub struct CompleteOutcome {
-    /// The ids that were accepted (the others lost their lease to a newer claim, or their task was deleted, and
-    /// are discarded).
-    pub accepted: Vec<i64>,
+    /// The (id, fencing token) pairs that were accepted (the others lost their lease to a newer claim, or their
+    /// task was deleted, and are discarded).
+    pub accepted: Vec<(i64, i64)>,
     /// Dependent due_work rows this statement inserted (the caller wakes workers for them after it returns).
     pub dependents_fired: i64,
 }
@@ -1038,7 +1067,7 @@ pub async fn complete_batch(
         )
         .await?;
     Ok(CompleteOutcome {
-        accepted: rows.iter().map(|r| r.get(0)).collect(),
+        accepted: rows.iter().map(|r| (r.get(0), r.get(2))).collect(),
         dependents_fired: rows.first().map(|r| r.get(1)).unwrap_or(0),
     })
 }

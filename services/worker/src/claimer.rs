@@ -30,7 +30,9 @@ pub struct Claimed {
 /// `synchronous_commit = off` is safe for claims and only for claims: a claim lost in a PostgreSQL crash
 /// just returns its rows to the queue with their previous fencing token, so the worker's later completion
 /// (which commits synchronously, and whose WAL flush covers every earlier record) is rejected by the fencing
-/// check and the rows run again — at-least-once, as documented. It saves a WAL flush per claim, which is
+/// check and the rows run again — at-least-once, as documented. The sequence of fencing tokens can lose its
+/// advance in the same crash; [`queue::start_claim_session`] moves it past the lost tokens on every new
+/// connection, so a re-claim never hands a row the token of its lost claim. It saves a WAL flush per claim, which is
 /// most of an idle worker's pickup latency. (Forcing the claim's generic plan was tried and
 /// rejected: with many dead index entries ahead of the live rows its execution went from ~10 ms to ~300 ms.)
 struct ClaimConnection {
@@ -41,11 +43,8 @@ impl ClaimConnection {
     async fn get(&mut self, db: &Db) -> anyhow::Result<&deadpool_postgres::Object> {
         if self.client.is_none() {
             let client = db.pool.get().await?;
-            // JIT off: the flow claim's estimates (a lateral scan per constrained queue) can exceed the JIT
-            // thresholds, and compiling it took seconds per claim on a busy 2-vCPU host; no claim needs JIT.
-            client
-                .batch_execute("SET synchronous_commit = off; SET jit = off")
-                .await?;
+            // Fencing tokens moved past any a lost asynchronous claim took, then asynchronous commit and no JIT.
+            queue::start_claim_session(&client).await?;
             self.client = Some(client);
         }
         Ok(self.client.as_ref().expect("just set"))

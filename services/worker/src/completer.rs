@@ -112,9 +112,11 @@ async fn flush(completer: &Completer, batch: &mut Vec<Finished>) {
         if fired > 0 {
             wake_for_dependents(completer, fired);
         }
-        let accepted: std::collections::HashSet<i64> = accepted.into_iter().collect();
+        let accepted: std::collections::HashSet<(i64, i64)> = accepted.into_iter().collect();
+        let mut unreported = accepted.clone();
         for (c, (task_id, attempt)) in settle.iter().zip(meta.iter()) {
-            let ok = accepted.contains(&c.id);
+            // Once per accepted pair: a batch holding the same (row, token) twice reports it once.
+            let ok = unreported.remove(&(c.id, c.fencing_token));
             if !ok {
                 tracing::warn!(
                     due_work_id = c.id,
@@ -163,7 +165,7 @@ async fn flush(completer: &Completer, batch: &mut Vec<Finished>) {
             let ids: Vec<i64> = settle
                 .iter()
                 .zip(limited_ids.iter())
-                .filter(|(c, l)| **l && accepted.contains(&c.id))
+                .filter(|(c, l)| **l && accepted.contains(&(c.id, c.fencing_token)))
                 .map(|(c, _)| c.id)
                 .collect();
             // One try: a place not given back expires with the row's lease.
@@ -225,10 +227,10 @@ fn wake_for_dependents(completer: &Completer, fired: i64) {
 /// Retries a write while PostgreSQL is unreachable: the leases are still ours until they expire, and a
 /// write that arrives after a newer claim is discarded by the fencing token anyway. Gives up (the rows are
 /// then reclaimed after their leases expire) once two lease periods have passed.
-async fn write_with_retry<F, Fut>(completer: &Completer, what: &str, mut write: F) -> Vec<i64>
+async fn write_with_retry<T, F, Fut>(completer: &Completer, what: &str, mut write: F) -> Vec<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Vec<i64>>>,
+    Fut: std::future::Future<Output = anyhow::Result<Vec<T>>>,
 {
     let deadline =
         std::time::Instant::now() + Duration::from_secs_f64(completer.lease_seconds * 2.0);
