@@ -44,7 +44,18 @@ pub struct ClaimedWork {
     /// Claimed through a `max_concurrency` place of its queue: finishing it gives the place back
     /// ([`drop_places`]) and is worth a wake-up hint to idle workers.
     pub limited: bool,
+    /// The instant its queue's rate limit granted the start, when that is later than `claimed_at`: a window that
+    /// was full at the claim but frees within [`GRANT_AHEAD_SECONDS`] is granted ahead, and the worker holds the row
+    /// until this instant (database clock) before it starts it.
+    pub not_before: Option<DateTime<Utc>>,
 }
+
+/// How far ahead a full rate window of a queue (without a per-key limit) is granted: the `0.1` passed to
+/// `queue_flow_grant` in [`CLAIM_FLOW_SQL`] (migration V12).
+pub const GRANT_AHEAD_SECONDS: f64 = 0.1;
+/// How much earlier than a queue window's `next_room` an idle worker claims ([`NEXT_WAKE_SQL`]): within the
+/// horizon, so that the claim finds the room granted ahead and the rows start on the instant.
+pub const GRANT_LEAD_SECONDS: f64 = 0.05;
 
 // The claim exists in two forms that must agree word for word on which rows are candidates, what claiming
 // writes and what the answer holds; these macros keep those parts in one place.
@@ -200,7 +211,7 @@ claimed AS (
             r#")
 "#,
             claim_answer!("false"),
-            r#"v.examined, v.simple, (SELECT limited FROM closed)
+            r#"v.examined, v.simple, (SELECT limited FROM closed), NULL::timestamptz
   FROM verdict v
   LEFT JOIN (claimed c JOIN task t ON t.id = c.task_id) ON true
  ORDER BY c.priority, c.ready_at, c.id
@@ -346,7 +357,7 @@ dep_fired AS (
       FROM dep_gate g
       JOIN task t ON t.id = g.task_id
      WHERE g.just_fired
-    RETURNING id
+    RETURNING id, queue, external_queue
 )
 "#
     };
@@ -439,7 +450,7 @@ macro_rules! claim_full {
 "#,
             claim_writes!($extra),
             claim_answer!("false"),
-            r#"n.examined, true, (SELECT limited FROM closed)
+            r#"n.examined, true, (SELECT limited FROM closed), NULL::timestamptz
   FROM (SELECT count(*) AS examined FROM candidate) n
   LEFT JOIN (claimed c JOIN task t ON t.id = c.task_id) ON true
  ORDER BY c.priority, c.ready_at, c.id
@@ -497,9 +508,13 @@ open AS (
                  coalesce(q.max_concurrency
                           - (SELECT count(*) FROM unnest(f.running_until) AS u WHERE u >= (SELECT now FROM clock)),
                           $3::bigint),
+                 -- The room the window will have within the grant-ahead horizon (queue_flow_grant decides).
                  coalesce(q.rate_limit
                           - (SELECT coalesce(sum(x.n), 0) FROM unnest(f.start_at, f.start_n) AS x(s, n)
-                              WHERE x.s > (SELECT now FROM clock) - make_interval(secs => q.rate_period_seconds)),
+                              WHERE x.s > (SELECT now FROM clock)
+                                          + CASE WHEN q.key_rate_limit IS NULL THEN interval '0.1 seconds'
+                                                 ELSE interval '0' END
+                                          - make_interval(secs => q.rate_period_seconds)),
                           $3::bigint)) AS room
       FROM queue q
       LEFT JOIN queue_flow f ON f.queue = q.name AND f.rate_key = ''
@@ -553,14 +568,14 @@ key_grant AS (
              WHERE c.rate_key IS NOT NULL AND o.key_rate_limit IS NOT NULL
              GROUP BY c.queue, c.rate_key, o.key_rate_limit, o.key_rate_period_seconds) a,
            queue_flow_grant('{}', '{}', '{}', '{}', a.ids, NULL, a.key_rate_limit, a.key_rate_period_seconds,
-                            $2, coalesce($4::timestamptz, clock_timestamp())) g
+                            $2, coalesce($4::timestamptz, clock_timestamp()), 0) g
         ON CONFLICT (queue, rate_key) DO UPDATE
        SET (running, running_until, start_at, start_n, asked, granted, wait_until, next_room) = (
            SELECT g.*
              FROM queue q,
                   queue_flow_grant(f.running, f.running_until, f.start_at, f.start_n, excluded.asked,
                                    NULL, q.key_rate_limit, q.key_rate_period_seconds,
-                                   $2, coalesce($4::timestamptz, clock_timestamp())) g
+                                   $2, coalesce($4::timestamptz, clock_timestamp()), 0) g
             WHERE q.name = excluded.queue)
     RETURNING f.asked[1:f.granted] AS granted_ids
 ),
@@ -581,16 +596,18 @@ queue_grant AS (
              WHERE o.max_concurrency IS NOT NULL OR o.rate_limit IS NOT NULL
              GROUP BY c.queue, o.max_concurrency, o.rate_limit, o.rate_period_seconds) a,
            queue_flow_grant('{}', '{}', '{}', '{}', a.ids, a.max_concurrency, a.rate_limit, a.rate_period_seconds,
-                            $2, coalesce($4::timestamptz, clock_timestamp())) g
+                            $2, coalesce($4::timestamptz, clock_timestamp()), 0) g
         ON CONFLICT (queue, rate_key) DO UPDATE
        SET (running, running_until, start_at, start_n, asked, granted, wait_until, next_room) = (
            SELECT g.*
              FROM queue q,
                   queue_flow_grant(f.running, f.running_until, f.start_at, f.start_n, excluded.asked,
                                    q.max_concurrency, q.rate_limit, q.rate_period_seconds,
-                                   $2, coalesce($4::timestamptz, clock_timestamp())) g
+                                   $2, coalesce($4::timestamptz, clock_timestamp()),
+                                   CASE WHEN q.key_rate_limit IS NULL THEN 0.1 ELSE 0 END) g
             WHERE q.name = excluded.queue)
-    RETURNING f.asked[1:f.granted] AS granted_ids
+    RETURNING f.queue, f.asked[1:f.granted] AS granted_ids,
+              CASE WHEN f.granted > 0 THEN f.start_at[cardinality(f.start_at)] END AS granted_at
 ),
 granted AS (
     SELECT c.id FROM keyed c
@@ -614,7 +631,8 @@ decided AS (
     claim_answer!(
         "c.id IS NOT NULL AND (SELECT o.max_concurrency IS NOT NULL FROM open o WHERE o.name = c.queue)"
     ),
-    r#"n.examined, true, false
+    r#"n.examined, true, false,
+       (SELECT g.granted_at FROM queue_grant g WHERE g.queue = c.queue)
   FROM (SELECT count(*) FILTER (WHERE action <> 'flow_wait') AS examined FROM decided) n
   LEFT JOIN (claimed c JOIN task t ON t.id = c.task_id) ON true
  ORDER BY c.priority, c.ready_at, c.id
@@ -883,6 +901,7 @@ fn outcome(rows: &[tokio_postgres::Row]) -> ClaimOutcome {
             lease_expires_at: r.get(17),
             claimed_at: r.get(18),
             limited: r.get::<_, Option<bool>>(19).unwrap_or(false),
+            not_before: r.get(23),
         })
         .collect();
     ClaimOutcome {
@@ -1017,7 +1036,9 @@ parent_settled AS (
 "#,
     fire_dependents!(),
     r#"
-SELECT id, (SELECT count(*) FROM dep_fired), fencing_token FROM settled
+SELECT id, (SELECT count(*) FROM dep_fired), fencing_token,
+       (SELECT coalesce(array_agg(DISTINCT queue), '{}') FROM dep_fired WHERE external_queue IS NULL)
+  FROM settled
 "#
 );
 
@@ -1029,6 +1050,9 @@ pub struct CompleteOutcome {
     pub accepted: Vec<(i64, i64)>,
     /// Dependent due_work rows this statement inserted (the caller wakes workers for them after it returns).
     pub dependents_fired: i64,
+    /// The queues of the dependents that built-in workers run (not external): a worker that serves them all and
+    /// has the runners to spare takes them itself without waking the others.
+    pub dependent_queues: Vec<String>,
 }
 
 /// Writes a batch of completions.
@@ -1069,6 +1093,7 @@ pub async fn complete_batch(
     Ok(CompleteOutcome {
         accepted: rows.iter().map(|r| (r.get(0), r.get(2))).collect(),
         dependents_fired: rows.first().map(|r| r.get(1)).unwrap_or(0),
+        dependent_queues: rows.first().map(|r| r.get(3)).unwrap_or_default(),
     })
 }
 
@@ -1233,7 +1258,8 @@ pub async fn prune_rate_keys(
 }
 
 /// Seconds until the next future `ready_at` (one index probe per priority of the claim index), NULL when
-/// nothing is scheduled; and until the rate window of a queue or key has more room (`queue_flow.next_room`). Expired leases are not predicted here: an idle worker re-checks at least every few
+/// nothing is scheduled; and until the rate window of a queue or key has more room (`queue_flow.next_room`,
+/// [`GRANT_LEAD_SECONDS`] early for a queue's own window, which is granted ahead). Expired leases are not predicted here: an idle worker re-checks at least every few
 /// seconds and the claim takes them.
 pub const NEXT_WAKE_SQL: &str = r#"
 WITH clock AS (SELECT coalesce($1::timestamptz, now()) AS now)
@@ -1246,9 +1272,19 @@ SELECT extract(epoch FROM (
                      ORDER BY d.ready_at LIMIT 1) n
 ) - (SELECT now FROM clock))::float8,
        extract(epoch FROM (
-    SELECT f.next_room FROM queue_flow f
-     WHERE f.next_room > (SELECT now FROM clock) - make_interval(secs => $2)
-     ORDER BY f.next_room LIMIT 1
+    SELECT least(
+        -- A queue's own window (a few rows), granted ahead unless the queue has a per-key limit.
+        (SELECT min(w.at)
+           FROM queue_flow f
+           LEFT JOIN queue q ON q.name = f.queue,
+                LATERAL (SELECT f.next_room - CASE WHEN q.key_rate_limit IS NULL THEN interval '0.05 seconds'
+                                                   ELSE interval '0' END AS at) w
+          WHERE f.rate_key = '' AND f.next_room IS NOT NULL
+            AND w.at > (SELECT now FROM clock) - make_interval(secs => $2)),
+        -- The earliest key window (the `queue_flow_wait` index, in order).
+        (SELECT f.next_room FROM queue_flow f
+          WHERE f.rate_key <> '' AND f.next_room > (SELECT now FROM clock) - make_interval(secs => $2)
+          ORDER BY f.next_room LIMIT 1))
 ) - (SELECT now FROM clock))::float8
 "#;
 

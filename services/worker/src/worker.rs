@@ -105,6 +105,8 @@ impl Worker {
                 events: events.clone(),
                 redis: redis.clone(),
                 lease_seconds: ws.lease_seconds,
+                concurrency: ws.concurrency,
+                queues: ws.queues.clone(),
                 hints: hints.clone(),
             },
             done_rx,

@@ -277,6 +277,78 @@ async fn four_workers_never_exceed_a_rate_limit_in_any_window() {
     assert!(workers >= 2, "the four workers should have shared the work");
 }
 
+/// A full window whose oldest grant leaves it within the horizon is granted ahead, at that instant, and the claim
+/// answers the instant as the rows' `not_before`; a window that frees later is not granted at all. On a manual
+/// clock, through the worker's own claim statement.
+#[tokio::test]
+async fn a_full_rate_window_is_granted_ahead_only_within_the_horizon_and_at_the_freeing_instant() {
+    use orrery::queue::{claim_batch, GRANT_AHEAD_SECONDS};
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let task = task_in(&c, TaskSpec::default(), "api").await;
+    c.execute(
+        "UPDATE queue SET rate_limit = 10, rate_period_seconds = 1 WHERE name = 'api'",
+        &[],
+    )
+    .await
+    .unwrap();
+    insert_many(&c, task, 40).await;
+    let pool = db.pool();
+    let claimer = pool.get().await.unwrap();
+    let t0: DateTime<Utc> = c
+        .query_one("SELECT now() + interval '1 second'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let at = |ms: i64| t0 + ChronoDuration::milliseconds(ms);
+    let claim = |ms: i64| {
+        let claimer = &claimer;
+        async move {
+            claim_batch(claimer, "w", 30.0, 100, Some(at(ms)), None, true, false)
+                .await
+                .unwrap()
+                .claimed
+        }
+    };
+    let first = claim(0).await;
+    assert_eq!(first.len(), 10, "an empty window grants the limit at once");
+    assert!(first.iter().all(|w| w.not_before == Some(at(0))));
+    // Full until t0 + 1 s; claimed 50 ms before (the worker's lead), inside the 100 ms horizon.
+    assert!(GRANT_AHEAD_SECONDS >= 0.05);
+    let ahead = claim(950).await;
+    assert_eq!(ahead.len(), 10, "granted ahead");
+    for w in &ahead {
+        assert_eq!(w.claimed_at, at(950));
+        assert_eq!(
+            w.not_before,
+            Some(at(1000)),
+            "starts when the first grant leaves the window"
+        );
+    }
+    // Full until t0 + 2 s: 300 ms before that is outside the horizon, nothing is granted.
+    assert!(claim(1700).await.is_empty(), "no grant beyond the horizon");
+    let log: (Vec<DateTime<Utc>>, Vec<i32>) = {
+        let r = c
+            .query_one(
+                "SELECT start_at, start_n FROM queue_flow WHERE queue = 'api' AND rate_key = ''",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        log,
+        (vec![at(1000)], vec![10]),
+        "the log records the grant at its instant"
+    );
+    assert_eq!(
+        claim(1950).await.len(),
+        10,
+        "and the next one 50 ms before t0 + 2 s"
+    );
+}
+
 /// Every window of `window` holds at most `limit` of `starts` (sorted).
 fn assert_windows(starts: &[DateTime<Utc>], window: ChronoDuration, limit: usize, what: &str) {
     for (i, s) in starts.iter().enumerate() {
