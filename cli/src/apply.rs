@@ -76,7 +76,86 @@ fn normalized(field: &str, v: &Value) -> Value {
             m.entry("pipeline").or_insert_with(|| json!([]));
         }
     }
+    // `after`: the server adds the resolved `task_id` and the default condition; a file names the parent as it
+    // wants it written (the server echoes `task` as written).
+    if field == "after" {
+        if v.is_null() {
+            v = json!([]);
+        }
+        if let Value::Array(items) = &mut v {
+            for item in items {
+                if let Value::Object(m) = item {
+                    m.remove("task_id");
+                    m.entry("condition").or_insert_with(|| json!("success"));
+                    if m.get("params").is_some_and(Value::is_null) {
+                        m.remove("params");
+                    }
+                }
+            }
+        }
+    }
     v
+}
+
+/// The names a definition's `after` refers to.
+fn after_names(def: &Definition) -> Vec<String> {
+    def.fields
+        .get("after")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("task")?.as_str().map(str::to_string))
+        .collect()
+}
+
+/// A cycle among the definitions' `after` (by name), as `a → b → a` in execution order, if there is one.
+pub fn definition_cycle(defs: &[Definition]) -> Option<(usize, String)> {
+    let index: std::collections::HashMap<&str, usize> = defs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.name.as_str(), i))
+        .collect();
+    // 0 = unvisited, 1 = on the current path, 2 = done.
+    fn visit(
+        i: usize,
+        defs: &[Definition],
+        index: &std::collections::HashMap<&str, usize>,
+        state: &mut [u8],
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
+        state[i] = 1;
+        path.push(i);
+        for parent in after_names(&defs[i]) {
+            let Some(&p) = index.get(parent.as_str()) else {
+                continue;
+            };
+            if state[p] == 1 {
+                let start = path.iter().position(|&x| x == p).unwrap_or(0);
+                let mut cycle = path[start..].to_vec();
+                cycle.push(p);
+                return Some(cycle);
+            }
+            if state[p] == 0 {
+                if let Some(c) = visit(p, defs, index, state, path) {
+                    return Some(c);
+                }
+            }
+        }
+        path.pop();
+        state[i] = 2;
+        None
+    }
+    let mut state = vec![0u8; defs.len()];
+    for i in 0..defs.len() {
+        if state[i] == 0 {
+            if let Some(cycle) = visit(i, defs, &index, &mut state, &mut Vec::new()) {
+                // Walked child → parent; execution order is the reverse.
+                let names: Vec<&str> = cycle.iter().rev().map(|&k| defs[k].name.as_str()).collect();
+                return Some((cycle[0], names.join(" → ")));
+            }
+        }
+    }
+    None
 }
 
 /// The differences between two values, by path (objects by key, arrays by index).
@@ -173,26 +252,69 @@ fn dry() -> [(&'static str, String); 1] {
 /// each naming the file, the document and the field.
 pub fn server_check(client: &Client, plan: &Plan) -> CliResult<Vec<Problem>> {
     let mut problems = Vec::new();
+    let defs: Vec<Definition> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Create { def } | Step::Update { def, .. } | Step::Unchanged { def, .. } => {
+                Some(def.clone())
+            }
+            Step::Delete { .. } => None,
+        })
+        .collect();
+    if let Some((i, cycle)) = definition_cycle(&defs) {
+        problems.push(Problem {
+            origin: defs[i].origin.clone(),
+            field: Some("after".into()),
+            message: format!(
+                "the definitions form a cycle: {cycle} (each task runs after the one before it)"
+            ),
+        });
+        return Ok(problems);
+    }
+    // Parents created by this apply do not exist yet: `after` naming one is written in a second pass.
+    let created: std::collections::HashSet<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Create { def } => Some(def.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let deferred = |def: &Definition| {
+        after_names(def)
+            .iter()
+            .any(|n| created.contains(n.as_str()))
+    };
+    let without_after = |mut body: Value| {
+        if let Value::Object(m) = &mut body {
+            m.remove("after");
+        }
+        body
+    };
     let todo = plan.creates() + plan.updates();
     let mut progress = Progress::new(todo);
     for step in &plan.steps {
         let (def, result) = match step {
             Step::Create { def } => {
                 progress.step(&format!("checking {}", def.name));
-                (
-                    def,
-                    client.post_query("/tasks", &dry(), Some(&create_body(def))),
-                )
+                let body = if deferred(def) {
+                    without_after(create_body(def))
+                } else {
+                    create_body(def)
+                };
+                (def, client.post_query("/tasks", &dry(), Some(&body)))
             }
             Step::Update { def, id, patch, .. } => {
                 progress.step(&format!("checking {}", def.name));
+                let body = if deferred(def) {
+                    without_after(Value::Object(patch.clone()))
+                } else {
+                    Value::Object(patch.clone())
+                };
                 (
                     def,
-                    client.patch_query(
-                        &format!("/tasks/{id}"),
-                        &dry(),
-                        &Value::Object(patch.clone()),
-                    ),
+                    client.patch_query(&format!("/tasks/{id}"), &dry(), &body),
                 )
             }
             _ => continue,
@@ -371,11 +493,21 @@ pub fn run(
     let mut lines = Vec::new();
     let mut done = 0usize;
     let mut created_ids = std::collections::HashMap::new();
+    // Second pass: `after` of created tasks (by name) and of updated ones (by id).
+    let mut pending_after: Vec<String> = Vec::new();
+    let mut pending_patch: Vec<(String, Value)> = Vec::new();
     for step in &mut plan.steps {
         let result = match step {
             Step::Create { def } => {
                 progress.step(&format!("creating {}", def.name));
-                client.post("/tasks", Some(&create_body(def))).map(|t| {
+                // `after` is written in a second pass, once every parent the files define exists.
+                let mut body = create_body(def);
+                if let Value::Object(m) = &mut body {
+                    if m.remove("after").is_some_and(|a| a != json!([])) {
+                        pending_after.push(def.name.clone());
+                    }
+                }
+                client.post("/tasks", Some(&body)).map(|t| {
                     let id = t["id"].as_str().unwrap_or("").to_string();
                     created_ids.insert(def.name.clone(), id);
                     lines.push(format!(
@@ -388,16 +520,25 @@ pub fn run(
             }
             Step::Update { def, id, patch, .. } => {
                 progress.step(&format!("updating {}", def.name));
-                let fields: Vec<&str> = patch.keys().map(String::as_str).collect();
+                let fields: Vec<String> = patch.keys().cloned().collect();
+                let mut patch = patch.clone();
+                if let Some(after) = patch.remove("after") {
+                    pending_patch.push((id.clone(), json!({"after": after})));
+                }
                 let line = format!(
                     "{}  {}  {id}  ({})",
                     paint(color, Color::Yellow, "updated"),
                     def.name,
                     fields.join(", ")
                 );
-                client
-                    .patch_query(&format!("/tasks/{id}"), &[], &Value::Object(patch.clone()))
-                    .map(|_| lines.push(line))
+                if patch.is_empty() {
+                    lines.push(line);
+                    Ok(())
+                } else {
+                    client
+                        .patch_query(&format!("/tasks/{id}"), &[], &Value::Object(patch))
+                        .map(|_| lines.push(line))
+                }
             }
             Step::Delete { name, id } => {
                 progress.step(&format!("deleting {name}"));
@@ -429,6 +570,29 @@ pub fn run(
         }
         if !matches!(step, Step::Unchanged { .. }) {
             done += 1;
+        }
+    }
+    for name in &pending_after {
+        let Some(def) = plan.steps.iter().find_map(|s| match s {
+            Step::Create { def } if &def.name == name => Some(def),
+            _ => None,
+        }) else {
+            continue;
+        };
+        if let (Some(id), Some(after)) = (created_ids.get(name), def.fields.get("after")) {
+            pending_patch.push((id.clone(), json!({"after": after})));
+        }
+    }
+    for (id, body) in &pending_patch {
+        if let Err(e) = client.patch_query(&format!("/tasks/{id}"), &[], body) {
+            progress.finish();
+            if format == Format::Table {
+                println!("{}", lines.join("\n"));
+            }
+            return Err(CliError::Refused(format!(
+                "apply stopped while writing `after` of task {id}: {}",
+                e.render()
+            )));
         }
     }
     progress.finish();

@@ -34,11 +34,14 @@ const TASK_KEYS: &[&str] = &[
     "misfire_grace_seconds",
     "catchup",
     "overlap",
+    "queue",
+    "rate_key",
     "concurrency_key",
     "dedupe_key",
     "dedupe_window_seconds",
     "description",
     "payload",
+    "after",
     "created_by",
     "created_at",
     "updated_at",
@@ -190,6 +193,14 @@ pub fn tasks(client: &Client, cmd: TasksCmd, fmt: Format) -> CliResult<()> {
                 if let Value::Object(m) = &mut t {
                     for k in SERVER_FIELDS {
                         m.remove(*k);
+                    }
+                    // `after` entries name their parent as written; the resolved id is the server's.
+                    if let Some(Value::Array(after)) = m.get_mut("after") {
+                        for entry in after {
+                            if let Value::Object(e) = entry {
+                                e.remove("task_id");
+                            }
+                        }
                     }
                 }
                 let keys: Vec<&str> = TASK_KEYS

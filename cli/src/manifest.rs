@@ -31,6 +31,9 @@ pub const FIELDS: &[&str] = &[
     "misfire_grace_seconds",
     "catchup",
     "overlap",
+    "queue",
+    "rate_key",
+    "after",
 ];
 
 /// Fields the server sets; `orrery tasks get --export` leaves them out.
@@ -64,6 +67,10 @@ struct Typed {
     misfire_grace_seconds: Option<i64>,
     catchup: Option<String>,
     overlap: Option<String>,
+    queue: Option<String>,
+    rate_key: Option<String>,
+    /// `[{task: <name or id>, condition?: success|failure|any, params?: {...}}]`.
+    after: Option<Vec<Map<String, Value>>>,
 }
 
 /// Where a definition came from.

@@ -817,3 +817,51 @@ async fn events_publish_and_tail_and_agents_and_tokens_for_admins() {
     let out = env.orrery(&["agents", "rm", "ci-bot"]).await;
     assert_eq!(out.code, 1, "it owns a task: {out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_writes_after_between_tasks_of_the_same_files_and_refuses_a_cycle() {
+    let env = spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The dependent comes first in the files: apply creates both, then writes `after`.
+    write(
+        d,
+        "a-load.yaml",
+        "name: load\ntitle: Load\nschedule_kind: event\nschedule_expr: never.published\n\
+         after:\n  - task: extract\n    params:\n      file: ${steps.n.x}\n",
+    );
+    write(d, "b-extract.yaml", &yaml_def("extract", 5));
+    let path = d.to_str().unwrap();
+    let out = env.ok(&["apply", "-f", path]).await;
+    assert!(
+        out.stdout
+            .contains("2 created, 0 updated, 0 unchanged, 0 deleted"),
+        "{out:?}"
+    );
+    let extract = env.task_named("extract").await.unwrap();
+    let load = env.task_named("load").await.unwrap();
+    assert_eq!(load["after"][0]["task"], "extract");
+    assert_eq!(load["after"][0]["task_id"], extract["id"]);
+    assert_eq!(load["after"][0]["condition"], "success");
+    // Applied again: the server's resolved form matches the file.
+    let out = env.ok(&["apply", "-f", path]).await;
+    assert!(
+        out.stdout
+            .contains("0 created, 0 updated, 2 unchanged, 0 deleted"),
+        "{out:?}"
+    );
+    // A cycle among the files is refused before anything is written.
+    write(
+        d,
+        "b-extract.yaml",
+        "name: extract\ntitle: Extract\nschedule_kind: cron\nschedule_expr: 0 3 * * *\nafter:\n  - task: load\n",
+    );
+    let out = env.orrery(&["apply", "-f", path]).await;
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("cycle: extract → load → extract")
+            || out.stderr.contains("cycle: load → extract → load"),
+        "{out:?}"
+    );
+    assert_eq!(env.task_named("extract").await.unwrap()["after"], json!([]));
+}

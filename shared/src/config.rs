@@ -82,6 +82,8 @@ pub struct Settings {
     pub worker_shell_allow: String,
     /// Bytes of stdout and of stderr a `shell` step keeps (each; the rest is counted as truncated).
     pub worker_shell_output_cap_bytes: usize,
+    /// `WORKER_QUEUES`: comma-separated queue names this worker serves; empty = every queue.
+    pub worker_queues: String,
 }
 
 impl fmt::Debug for Settings {
@@ -110,6 +112,34 @@ impl fmt::Debug for Settings {
             .field("worker_health_port", &self.worker_health_port)
             .finish_non_exhaustive()
     }
+}
+
+/// A queue name: 1-64 of `A-Z a-z 0-9 . _ -` (the `queue.name` check of migration V11).
+pub fn valid_queue_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `WORKER_QUEUES`: `None` (every queue) when empty, else the distinct names in order.
+pub fn parse_queue_list(value: &str) -> Result<Option<Vec<String>>, String> {
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    let mut names: Vec<String> = Vec::new();
+    for part in value.split(',') {
+        let name = part.trim();
+        if !valid_queue_name(name) {
+            return Err(format!(
+                "{name:?} is not a queue name (1-64 of A-Z a-z 0-9 . _ -, names separated by commas)"
+            ));
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    Ok(Some(names))
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for logs.
@@ -162,6 +192,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("worker_shell_enabled", "false"),
     ("worker_shell_allow", ""),
     ("worker_shell_output_cap_bytes", "65536"),
+    ("worker_queues", ""),
 ];
 
 /// Variables without a default (secrets that are absent unless set).
@@ -329,6 +360,9 @@ impl Settings {
                 "WORKER_SHELL_OUTPUT_CAP_BYTES",
                 "must be between 1 and 16777216",
             ));
+        }
+        if let Err(e) = parse_queue_list(&self.worker_queues) {
+            return Err(ConfigError::new("WORKER_QUEUES", e));
         }
         if self.worker_max_retries > 10 {
             return Err(ConfigError::new(

@@ -4,8 +4,9 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge_vec,
-    Encoder, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, TextEncoder,
+    register_gauge_vec, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge_vec, Encoder, GaugeVec, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, TextEncoder,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -39,6 +40,27 @@ pub static QUEUE_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
         "orrery_queue_depth",
         "due_work rows by state (ready, scheduled, leased, dead), refreshed on scrape",
         &["state"]
+    )
+    .expect("metric registers")
+});
+
+/// Per named queue (operator-defined, a bounded set): ready, scheduled, running rows, paused (0/1) and runs
+/// finished in the last minute, refreshed on scrape.
+pub static NAMED_QUEUE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "orrery_named_queue",
+        "Per queue: ready, scheduled and running rows, paused (0/1), runs finished in the last minute",
+        &["queue", "measure"]
+    )
+    .expect("metric registers")
+});
+
+/// Per named queue: age of its oldest ready row (0 when none), refreshed on scrape.
+pub static NAMED_QUEUE_LAG: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "orrery_named_queue_lag_seconds",
+        "Per queue: age of the oldest ready, unleased row (0 when none), refreshed on scrape",
+        &["queue"]
     )
     .expect("metric registers")
 });
@@ -91,7 +113,7 @@ pub static RECONCILE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
 pub static WORK: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "orrery_worker_work_total",
-        "work items by outcome: claimed, succeeded, failed, retried, dead, discarded, released",
+        "work items by outcome: claimed, succeeded, failed, retried, dead, discarded, released, dependents_fired",
         &["outcome"]
     )
     .expect("metric registers")

@@ -111,6 +111,8 @@ fn every_known_tool_is_accepted_with_minimal_arguments() {
         "http.request" => json!({"url": "http://localhost:8080/"}),
         "events.publish" => json!({"topic": "a.b", "payload": null}),
         "sleep" => json!({"seconds": 0}),
+        "shell" => json!({"program": "/bin/true"}),
+        "external" => json!({"queue": "images"}),
         _ => json!({}),
     };
     for tool in KNOWN_TOOLS {
@@ -191,7 +193,7 @@ fn unknown_step_keys_are_rejected() {
 fn every_problem_is_reported_with_its_own_path() {
     let fields = fields_of(json!({"pipeline": [
         {"id": "ok", "uses": "noop"},
-        {"id": "bad id!", "uses": "shell"},
+        {"id": "bad id!", "uses": "ssh"},
         {"uses": "noop", "timeout_seconds": 0},
         {"id": "x", "uses": "noop", "with": {"a": "${params.}"}}
     ]}));

@@ -103,6 +103,11 @@ pub struct Task {
     pub catchup: String,
     /// allow, skip or queue.
     pub overlap: String,
+    /// The queue its runs wait in (docs/flow-control.md).
+    pub queue: String,
+    /// Template of each run's rate key (`${params.customer_id}`), limited by its queue's `key_rate_limit`;
+    /// null = none.
+    pub rate_key: Option<String>,
     /// The earliest pending fire, or the next computed one; null when none is known.
     pub next_run_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -165,7 +170,7 @@ pub struct RunChild {
 pub const TASK_COLUMNS: &str = "id, title, description, created_by, schedule_kind, schedule_expr, timezone, \
      payload, status, priority, dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy, \
      concurrency_key, timeout_seconds, misfire_grace_seconds, catchup, overlap, next_run_at, created_at, \
-     updated_at, schedule_anchor, materialized_until, name, after";
+     updated_at, schedule_anchor, materialized_until, name, after, queue, rate_key";
 
 /// A task row with the scheduler's internal columns.
 #[derive(Debug, Clone)]
@@ -201,6 +206,8 @@ impl TaskRow {
                 misfire_grace_seconds: r.get("misfire_grace_seconds"),
                 catchup: r.get("catchup"),
                 overlap: r.get("overlap"),
+                queue: r.get("queue"),
+                rate_key: r.get("rate_key"),
                 next_run_at: finite(r, "next_run_at"),
                 created_at: r.get("created_at"),
                 updated_at: r.get("updated_at"),
@@ -626,4 +633,48 @@ pub struct JobSettled {
     pub outcome: String,
     /// When the retry becomes ready (outcome `retry` only).
     pub retry_at: Option<DateTime<Utc>>,
+}
+
+/// At most `limit` runs of the queue start in any window of `period_seconds` (a sliding window, exact across
+/// workers; docs/flow-control.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RateLimit {
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub limit: i32,
+    #[schema(minimum = 0.001, maximum = 86400)]
+    pub period_seconds: f64,
+}
+
+/// A named queue: its settings and its figures.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NamedQueue {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    pub name: String,
+    /// Runs of the queue in progress at once across all workers; null = no limit.
+    pub max_concurrency: Option<i32>,
+    /// A paused queue starts nothing; its work waits (nothing is dropped).
+    pub paused: bool,
+    pub rate_limit: Option<RateLimit>,
+    /// Applied to each rate key of the queue on its own (the rendered `rate_key` of the tasks' runs; runs
+    /// without a key are not limited by it).
+    pub key_rate_limit: Option<RateLimit>,
+    /// Pending, due and not leased (the depth).
+    pub ready: i64,
+    /// Pending with ready_at in the future.
+    pub scheduled: i64,
+    /// Held by a live lease.
+    pub running: i64,
+    pub dead: i64,
+    /// Age of the oldest ready row (the lag); null when nothing is ready.
+    pub lag_seconds: Option<f64>,
+    /// Attempts of the queue's tasks that finished in the last minute (the throughput).
+    pub finished_last_minute: i64,
+    /// Null for a queue that has work but no settings row.
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NamedQueueList {
+    pub items: Vec<NamedQueue>,
 }

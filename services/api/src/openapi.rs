@@ -5,7 +5,9 @@ use std::sync::LazyLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{agents, audit, events, health, jobs, queue, runs, schedules, secrets, tasks};
+use crate::routes::{
+    agents, audit, events, health, jobs, queue, queues, runs, schedules, secrets, tasks,
+};
 
 struct BearerAuth;
 
@@ -32,6 +34,7 @@ impl Modify for BearerAuth {
         runs::list, runs::get, runs::latest, runs::task_stats, runs::global_stats,
         queue::summary, queue::dead, queue::replay, queue::delete_dead, queue::workers,
         jobs::claim, jobs::heartbeat, jobs::complete, jobs::fail,
+        queues::list, queues::get, queues::put, queues::patch,
         events::publish, events::recent, events::topics,
         audit::list,
         secrets::put, secrets::list, secrets::get, secrets::delete, secrets::reencrypt,

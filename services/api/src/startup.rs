@@ -10,7 +10,9 @@ use orrery::runtime::Context;
 use crate::auth::AuthCache;
 use crate::error::ApiError;
 use crate::input::BodyLimit;
-use crate::routes::{agents, audit, events, health, jobs, queue, runs, schedules, secrets, tasks};
+use crate::routes::{
+    agents, audit, events, health, jobs, queue, queues, runs, schedules, secrets, tasks,
+};
 use crate::state::AppState;
 
 pub struct Application {
@@ -92,6 +94,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/dead", web::get().to(queue::dead))
             .route("/dead/{id}/replay", web::post().to(queue::replay))
             .route("/dead/{id}", web::delete().to(queue::delete_dead)),
+    )
+    .route("/queues", web::get().to(queues::list))
+    .service(
+        web::resource("/queues/{name}")
+            .route(web::get().to(queues::get))
+            .route(web::put().to(queues::put))
+            .route(web::patch().to(queues::patch)),
     )
     .route("/workers", web::get().to(queue::workers))
     .service(

@@ -1,5 +1,5 @@
 //! Maintenance jobs on tokio-cron-scheduler: the scheduler heartbeat (which the API's `/health` reads),
-//! retention pruning of `task_run`, `audit_log` and `event_delivery` (idempotent batched deletes, safe with
+//! retention pruning of `task_run`, `audit_log`, `event_delivery` and the dependency gates and arrivals (idempotent batched deletes, safe with
 //! several schedulers), and trimming of the `events` stream that never removes entries still pending for the
 //! consumer group.
 
@@ -59,7 +59,7 @@ impl Maintenance {
         let client = self.pool.get().await?;
         let runs_days = self.settings.retention_runs_days as i32;
         let audit_days = self.settings.retention_audit_days as i32;
-        let jobs: [(&str, i32); 4] = [
+        let jobs: [(&str, i32); 6] = [
             (
                 "DELETE FROM event_outbox WHERE id IN (
                    SELECT id FROM event_outbox WHERE delivered_at < now() - make_interval(days => $1) LIMIT $2)",
@@ -79,6 +79,20 @@ impl Maintenance {
                 "DELETE FROM event_delivery WHERE (task_id, event_id) IN (
                    SELECT task_id, event_id FROM event_delivery
                     WHERE created_at < now() - make_interval(days => $1) LIMIT $2)",
+                runs_days,
+            ),
+            // Dependencies (docs/flow-control.md#dependencies): gates and arrivals go with the run history, except a
+            // gate held for a paused dependent (its work would be lost).
+            (
+                "DELETE FROM dependency_arrival WHERE (task_id, trace_id, parent_task_id) IN (
+                   SELECT task_id, trace_id, parent_task_id FROM dependency_arrival
+                    WHERE arrived_at < now() - make_interval(days => $1) LIMIT $2)",
+                runs_days,
+            ),
+            (
+                "DELETE FROM dependency_gate WHERE (task_id, trace_id) IN (
+                   SELECT task_id, trace_id FROM dependency_gate
+                    WHERE created_at < now() - make_interval(days => $1) AND state <> 'held' LIMIT $2)",
                 runs_days,
             ),
         ];

@@ -12,6 +12,9 @@ use crate::settings::WorkerSettings;
 use crate::stats::Stats;
 use crate::wakeup::Hints;
 
+/// How often a claim tries the flow-controlled statement first when it got nothing last time.
+const FLOW_RETRY: Duration = Duration::from_millis(100);
+
 /// With Redis up, hints wake idle workers; this bounds the sleep anyway (rows inserted without a hint).
 const IDLE_CAP_WITH_REDIS: Duration = Duration::from_secs(5);
 
@@ -27,7 +30,9 @@ pub struct Claimed {
 /// `synchronous_commit = off` is safe for claims and only for claims: a claim lost in a PostgreSQL crash
 /// just returns its rows to the queue with their previous fencing token, so the worker's later completion
 /// (which commits synchronously, and whose WAL flush covers every earlier record) is rejected by the fencing
-/// check and the rows run again — at-least-once, as documented. It saves a WAL flush per claim, which is
+/// check and the rows run again — at-least-once, as documented. The sequence of fencing tokens can lose its
+/// advance in the same crash; [`queue::start_claim_session`] moves it past the lost tokens on every new
+/// connection, so a re-claim never hands a row the token of its lost claim. It saves a WAL flush per claim, which is
 /// most of an idle worker's pickup latency. (Forcing the claim's generic plan was tried and
 /// rejected: with many dead index entries ahead of the live rows its execution went from ~10 ms to ~300 ms.)
 struct ClaimConnection {
@@ -38,7 +43,8 @@ impl ClaimConnection {
     async fn get(&mut self, db: &Db) -> anyhow::Result<&deadpool_postgres::Object> {
         if self.client.is_none() {
             let client = db.pool.get().await?;
-            client.batch_execute("SET synchronous_commit = off").await?;
+            // Fencing tokens moved past any a lost asynchronous claim took, then asynchronous commit and no JIT.
+            queue::start_claim_session(&client).await?;
             self.client = Some(client);
         }
         Ok(self.client.as_ref().expect("just set"))
@@ -80,6 +86,15 @@ pub async fn claim_loop(
     let big_claim = (batch / 4).clamp(1, concurrency);
     let mut pace = Pace::new(claimer.stats.processed());
     let mut backoff = Duration::from_millis(100);
+    // An open constrained queue was seen by the last claim: the flow-controlled claim runs first while it gets
+    // rows, and at most every FLOW_RETRY otherwise (it also runs whenever the plain claim leaves room).
+    let mut limited = false;
+    let mut flow_getting = false;
+    let mut last_flow = Instant::now();
+    // The plain claim found nothing last time (only constrained queues have work): while the flow claim is
+    // getting rows, the plain claim is skipped for up to FLOW_RETRY (it reads past every waiting row).
+    let mut plain_empty = false;
+    let mut last_plain = Instant::now();
     loop {
         if *stop.borrow() {
             return;
@@ -115,7 +130,10 @@ pub async fn claim_loop(
         // rows arrived (see `received`): never before the claimed rows' ready_at, and short of the true start
         // only by the answer's transit on the connection.
         let sent = Instant::now();
-        let outcome = match claim(&claimer, &mut conn, want).await {
+        let flow_first = limited && (flow_getting || last_flow.elapsed() >= FLOW_RETRY);
+        let plain =
+            !(flow_first && flow_getting && plain_empty && last_plain.elapsed() < FLOW_RETRY);
+        let outcome = match claim(&claimer, &mut conn, want, flow_first, plain).await {
             Ok(c) => {
                 backoff = Duration::from_millis(100);
                 c
@@ -132,7 +150,24 @@ pub async fn claim_loop(
             }
         };
         let received = Instant::now();
-        let queue::ClaimOutcome { claimed, examined } = outcome;
+        let queue::ClaimOutcome {
+            claimed,
+            examined,
+            limited: now_limited,
+            flow_ran,
+            flow_claimed,
+            plain_ran,
+            plain_examined,
+        } = outcome;
+        if plain_ran {
+            last_plain = Instant::now();
+            plain_empty = plain_examined == 0;
+        }
+        limited = now_limited;
+        if flow_ran {
+            last_flow = Instant::now();
+            flow_getting = flow_claimed > 0;
+        }
         let got = claimed.len();
         if got > 0 {
             tracing::debug!(
@@ -166,7 +201,7 @@ pub async fn claim_loop(
         }
         // Fewer than wanted: the queue is empty for now. A drain that ended should not keep a stale rate.
         pace.rate = 0.0;
-        idle_wait(&claimer, &mut conn, &mut stop).await;
+        idle_wait(&claimer, &mut conn, &mut stop, sent.elapsed()).await;
     }
 }
 
@@ -224,6 +259,8 @@ async fn claim(
     claimer: &Claimer,
     conn: &mut ClaimConnection,
     want: usize,
+    flow_first: bool,
+    plain: bool,
 ) -> anyhow::Result<queue::ClaimOutcome> {
     let client = conn.get(&claimer.db).await?;
     Ok(queue::claim_batch(
@@ -232,6 +269,9 @@ async fn claim(
         claimer.settings.lease_seconds,
         want as i64,
         claimer.db.clock(),
+        claimer.settings.queues.as_deref(),
+        flow_first,
+        plain,
     )
     .await?)
 }
@@ -240,26 +280,34 @@ async fn idle_wait(
     claimer: &Claimer,
     conn: &mut ClaimConnection,
     stop: &mut watch::Receiver<bool>,
+    since: Duration,
 ) {
     let cap = if claimer.hints.redis_up() {
         IDLE_CAP_WITH_REDIS.max(claimer.settings.poll_interval)
     } else {
         claimer.settings.poll_interval
     };
-    let next = match conn.get(&claimer.db).await {
-        Ok(client) => match queue::seconds_until_next_wake(client, claimer.db.clock()).await {
+    // A little more than the time since the claim that found nothing was sent (see seconds_until_next_wake).
+    let since = since.as_secs_f64() + 0.005;
+    let (next, room) = match conn.get(&claimer.db).await {
+        Ok(client) => match queue::seconds_until_next_wake(client, claimer.db.clock(), since).await
+        {
             Ok(next) => next,
             Err(e) => {
                 tracing::debug!(error = %e, "next wake-up query failed");
                 conn.discard();
-                None
+                (None, None)
             }
         },
         Err(_) => {
             conn.discard();
-            None
+            (None, None)
         }
     };
+    // A rate window opened since that claim began: claim again now.
+    if room.is_some_and(|s| s <= 0.0) {
+        return;
+    }
     let wait = match next {
         // A known instant: wake right at it (the timer rounds up to the millisecond).
         Some(s) if s > 0.0 => Duration::from_secs_f64(s).min(cap),
@@ -267,6 +315,10 @@ async fn idle_wait(
         // it notifies `capacity`, the polling interval covers other workers' completions.
         Some(_) => claimer.settings.poll_interval.min(cap),
         None => cap,
+    };
+    let wait = match room {
+        Some(s) => wait.min(Duration::from_secs_f64(s)),
+        None => wait,
     };
     tokio::select! {
         _ = claimer.hints.woken() => tracing::trace!("woken by a hint"),

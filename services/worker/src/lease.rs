@@ -27,6 +27,17 @@ pub async fn renew_loop(
                 _ = stop.changed() => { stopped = true; continue; }
             }
         }
+        // Rate keys whose window emptied are forgotten (one small statement per round; see PRUNE_KEYS_SQL).
+        if !stopped {
+            let pruned = async {
+                let client = db.pool.get().await?;
+                anyhow::Ok(queue::prune_rate_keys(&client, db.clock()).await?)
+            }
+            .await;
+            if let Err(e) = pruned {
+                tracing::debug!(error = %format!("{e:#}"), "pruning rate keys failed");
+            }
+        }
         let held = held_rows.snapshot();
         if held.is_empty() {
             continue;

@@ -57,6 +57,11 @@ pub async fn runner_loop(
             });
             continue;
         }
+        if let Some(at) = work.not_before.filter(|at| *at > work.claimed_at) {
+            // Granted ahead by its queue's rate limit (at most GRANT_AHEAD_SECONDS): starts on that instant.
+            let wait = (at - work.claimed_at).to_std().unwrap_or_default();
+            tokio::time::sleep_until((claimed + wait).into()).await;
+        }
         runner.held.started(work.id, work.fencing_token);
         runner.stats.run_started();
         let started_instant = Instant::now();
@@ -93,6 +98,7 @@ pub async fn runner_loop(
             completion,
             task_id: work.task_id,
             attempt: work.attempt,
+            limited: work.limited,
         });
     }
 }

@@ -15,6 +15,8 @@ pub struct WorkerSettings {
     pub backoff_max: f64,
     pub shutdown_grace: Duration,
     pub http_body_cap: usize,
+    /// `WORKER_QUEUES`: the queues this worker claims from; `None` = every queue.
+    pub queues: Option<Vec<String>>,
 }
 
 impl WorkerSettings {
@@ -29,6 +31,8 @@ impl WorkerSettings {
             backoff_max: s.worker_backoff_max_delay,
             shutdown_grace: Duration::from_secs(s.worker_shutdown_grace_seconds as u64),
             http_body_cap: s.worker_http_body_cap_bytes,
+            // Validated when the settings were loaded.
+            queues: orrery::config::parse_queue_list(&s.worker_queues).unwrap_or(None),
         }
     }
 

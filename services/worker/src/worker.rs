@@ -56,7 +56,7 @@ impl Worker {
             settings.worker_shell_output_cap_bytes,
         );
         tracing::info!(worker_id = %worker_id, concurrency = ws.concurrency, batch_size = ws.batch_size,
-            lease_seconds = ws.lease_seconds, "worker starting");
+            lease_seconds = ws.lease_seconds, queues = ?ws.queues, "worker starting");
 
         // Migrations run in the background; claim nothing before the schema is there.
         {
@@ -104,9 +104,11 @@ impl Worker {
                 held: held.clone(),
                 stats: stats.clone(),
                 events: events.clone(),
-                lease_seconds: ws.lease_seconds,
-                hints: hints.clone(),
                 redis: redis.clone(),
+                lease_seconds: ws.lease_seconds,
+                concurrency: ws.concurrency,
+                queues: ws.queues.clone(),
+                hints: hints.clone(),
             },
             done_rx,
         ));

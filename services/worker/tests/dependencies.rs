@@ -42,6 +42,13 @@ async fn set_after(
     .unwrap();
 }
 
+/// (task, started_at, finished_at) of a run.
+type RunTimes = (
+    Uuid,
+    chrono::DateTime<chrono::Utc>,
+    chrono::DateTime<chrono::Utc>,
+);
+
 const FAST: [(&str, &str); 3] = [
     ("WORKER_POLL_INTERVAL", "0.1"),
     ("WORKER_BACKOFF_BASE_DELAY", "0.2"),
@@ -239,12 +246,7 @@ async fn a_fan_in_runs_once_per_trace_after_all_its_parents_of_that_trace() {
         .await
         .unwrap();
     assert_eq!(rows.len(), 25);
-    type Span = (
-        Uuid,
-        chrono::DateTime<chrono::Utc>,
-        chrono::DateTime<chrono::Utc>,
-    );
-    let mut by_trace: HashMap<Uuid, Vec<Span>> = HashMap::new();
+    let mut by_trace: HashMap<Uuid, Vec<RunTimes>> = HashMap::new();
     for r in &rows {
         by_trace.entry(r.get(1)).or_default().push((
             r.get(0),

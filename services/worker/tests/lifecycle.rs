@@ -412,6 +412,127 @@ async fn a_postgresql_crash_under_running_work_loses_nothing_and_runs_nothing_tw
     );
 }
 
+/// The chaos suite once found a row with two successful runs after a PostgreSQL crash: a claim committed
+/// asynchronously was lost together with the WAL record that advanced `due_work_fencing`, the sequence handed the
+/// same tokens to the same rows again, and the worker that still held the lost claim ran the row a second time
+/// and sent both completions in one batch, each of which recorded a run. Here the crash is made to lose the claim
+/// for certain (no WAL writer, no background writer, nothing else committing), and then: the next claim must
+/// hand out new tokens, a completion with a lost token must be refused even when it shares a batch with the
+/// current one, and a batch holding the same completion twice must record one run.
+/// (id, fencing token) of up to 8 rows claimed on `client`, by id.
+async fn claim_all(client: &deadpool_postgres::Object) -> Vec<(i64, i64)> {
+    let mut rows: Vec<(i64, i64)> =
+        orrery::queue::claim_batch(client, "w", 30.0, 8, None, None, false, true)
+            .await
+            .unwrap()
+            .claimed
+            .iter()
+            .map(|w| (w.id, w.fencing_token))
+            .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test]
+async fn a_claim_lost_in_a_crash_never_lends_its_fencing_tokens_to_the_next_claim() {
+    use orrery::queue::{self, Completion, Settlement};
+    let pg = orrery_testing::PrivatePostgres::start();
+    pg.create_database("orrery").await;
+    orrery::db::migrate(&pg.url("orrery")).await.unwrap();
+    let connect = || async {
+        let (client, conn) = tokio_postgres::connect(&pg.url("orrery"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    };
+    let c = connect().await;
+    for sql in [
+        "ALTER SYSTEM SET wal_writer_delay = '10s'",
+        "ALTER SYSTEM SET bgwriter_lru_maxpages = 0",
+        "ALTER SYSTEM SET autovacuum = off",
+        "SELECT pg_reload_conf()",
+    ] {
+        c.batch_execute(sql).await.unwrap();
+    }
+    let task = insert_task(&c, sleeper(0.0)).await;
+    insert_many(&c, task, 8).await;
+    let pooled = || async {
+        let pool = orrery::db::build_pool(&pg.url("orrery"), 1).unwrap();
+        pool.get().await.unwrap()
+    };
+    let claimer = pooled().await;
+    queue::start_claim_session(&claimer).await.unwrap();
+    // After a checkpoint the first nextval writes a new WAL record for the sequence: the one the crash loses.
+    c.batch_execute("CHECKPOINT").await.unwrap();
+    let lost = claim_all(&claimer).await;
+    assert_eq!(lost.len(), 8);
+    drop(claimer);
+    pg.stop_server();
+    pg.start_server();
+    let c = connect().await;
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM due_work WHERE locked_by IS NULL AND attempt = 0"
+        )
+        .await,
+        8,
+        "the crash was to lose the asynchronous claim (the test's WAL settings did not hold)"
+    );
+    let claimer = pooled().await;
+    queue::start_claim_session(&claimer).await.unwrap();
+    let again = claim_all(&claimer).await;
+    assert_eq!(again.len(), 8);
+    for ((id, old), (id2, new)) in lost.iter().zip(again.iter()) {
+        assert_eq!(id, id2);
+        assert_ne!(
+            old, new,
+            "row {id} was claimed again with the token of its lost claim"
+        );
+    }
+    let done = |id: i64, fencing_token: i64| Completion {
+        id,
+        fencing_token,
+        settlement: Settlement::Succeeded,
+        started_at: chrono::Utc::now(),
+        finished_at: chrono::Utc::now(),
+        error: None,
+        error_kind: None,
+        output: None,
+    };
+    let mut batch = Vec::new();
+    for ((id, old), (_, new)) in lost.iter().zip(again.iter()) {
+        batch.push(done(*id, *old));
+        batch.push(done(*id, *new));
+        batch.push(done(*id, *new));
+    }
+    let outcome = queue::complete_batch(&pooled().await, "w", &batch, None)
+        .await
+        .unwrap();
+    let mut accepted = outcome.accepted.clone();
+    accepted.sort();
+    assert_eq!(
+        accepted, again,
+        "only the current tokens are accepted, once each"
+    );
+    let per_row: Vec<(i64, i64)> = c
+        .query(
+            "SELECT due_work_id, count(*) FROM task_run WHERE success GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        per_row,
+        again.iter().map(|(id, _)| (*id, 1)).collect::<Vec<_>>(),
+        "one successful run per row"
+    );
+}
+
 #[tokio::test]
 async fn with_redis_restarted_underneath_work_runs_by_polling_and_run_events_resume() {
     let db = TestDb::new().await;

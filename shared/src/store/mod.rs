@@ -19,3 +19,10 @@ pub mod work;
 /// only; `enqueue` and `work::restamp_pending` use it.
 pub const TASK_CONCURRENCY_KEY: &str =
     "coalesce(t.concurrency_key, CASE WHEN t.overlap <> 'allow' THEN 'task:' || t.id::text END)";
+
+/// The rate key of a new work item, as SQL over the task row `t` and the work's own `u.params` and `u.event`:
+/// the task's `rate_key` template rendered with the task's params overridden by the run's, and the triggering
+/// event (`orrery_rate_key`, migration V11). Used by `enqueue`; `dep_fired` in the completion renders it for
+/// dependents the same way (they have no params or event of their own).
+pub const TASK_RATE_KEY: &str =
+    "orrery_rate_key(t.rate_key, coalesce(t.payload->'params', '{}') || coalesce(u.params, '{}'), u.event)";

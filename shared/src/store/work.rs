@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio_postgres::Error;
 use uuid::Uuid;
 
-use super::TASK_CONCURRENCY_KEY;
+use super::{TASK_CONCURRENCY_KEY, TASK_RATE_KEY};
 use crate::clock::Clock;
 use crate::model::Trigger;
 
@@ -88,10 +88,11 @@ static ENQUEUE: LazyLock<String> = LazyLock::new(|| {
                                          trace_id, n)
          )
          INSERT INTO due_work (task_id, run_at, ready_at, priority, concurrency_key, overlap, catchup,
-                               misfire_grace_seconds, trigger, params, event_id, event, external_queue, trace_id)
+                               misfire_grace_seconds, trigger, params, event_id, event, external_queue, trace_id,
+                               queue, rate_key)
          SELECT t.id, u.run_at, coalesce(u.ready_at, u.run_at), t.priority, {TASK_CONCURRENCY_KEY}, t.overlap,
                 t.catchup, t.misfire_grace_seconds, u.trigger, u.params, u.event_id, u.event, t.external_queue,
-                u.trace_id
+                u.trace_id, t.queue, {TASK_RATE_KEY}
            FROM u JOIN task t ON t.id = u.task_id
           ORDER BY u.n
          ON CONFLICT DO NOTHING
@@ -99,7 +100,8 @@ static ENQUEUE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Inserts work for tasks, copying each task's policies (and its external queue) and deriving its concurrency key. A scheduled fire that
+/// Inserts work for tasks, copying each task's policies (its external queue and named queue too), deriving its
+/// concurrency key and rendering its rate key. A scheduled fire that
 /// exists already (task, run_at) and an event already delivered to the task (task, event_id) are left out, as is
 /// work of a task that no longer exists. Returns the rows created.
 pub async fn enqueue(
@@ -158,7 +160,9 @@ static RESTAMP: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE due_work d SET priority = t.priority, concurrency_key = {TASK_CONCURRENCY_KEY},
                 overlap = t.overlap, catchup = t.catchup, misfire_grace_seconds = t.misfire_grace_seconds,
-                external_queue = t.external_queue
+                external_queue = t.external_queue, queue = t.queue,
+                rate_key = orrery_rate_key(t.rate_key, coalesce(t.payload->'params', '{{}}') || coalesce(d.params, '{{}}'),
+                                           d.event)
            FROM task t
           WHERE t.id = $1 AND d.task_id = t.id AND d.state = 'pending'
             AND (d.locked_until IS NULL OR d.locked_until < coalesce($2::timestamptz, now()))"

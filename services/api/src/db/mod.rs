@@ -5,6 +5,7 @@ pub mod audit;
 pub mod dependencies;
 pub mod events;
 pub mod queue;
+pub mod queues;
 pub mod runs;
 pub mod secrets;
 pub mod tasks;

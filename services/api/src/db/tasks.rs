@@ -34,6 +34,8 @@ pub struct TaskValues {
     pub overlap: String,
     /// The stored `after` (resolved entries, see `models::Dependency`).
     pub after: Value,
+    pub queue: String,
+    pub rate_key: Option<String>,
 }
 
 impl TaskValues {
@@ -58,6 +60,8 @@ impl TaskValues {
             catchup: t.catchup.clone(),
             overlap: t.overlap.clone(),
             after: serde_json::to_value(&t.after).unwrap_or_else(|_| Value::Array(Vec::new())),
+            queue: t.queue.clone(),
+            rate_key: t.rate_key.clone(),
         }
     }
 }
@@ -241,6 +245,8 @@ pub async fn insert_audited(
                 &actor,
                 &v.name,
                 &v.after,
+                &v.queue,
+                &v.rate_key,
             ],
         )
         .await?;
@@ -253,10 +259,12 @@ static INSERT_AUDITED: LazyLock<String> = LazyLock::new(|| {
                INSERT INTO task (title, description, created_by, schedule_kind, schedule_expr, timezone, payload,
                                  priority, dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy,
                                  concurrency_key, timeout_seconds, misfire_grace_seconds, catchup, overlap,
-                                 schedule_anchor, materialized_until, next_run_at, name, after)
+                                 schedule_anchor, materialized_until, next_run_at, name, after, queue, rate_key)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                       now(), coalesce($18, now()), $19, $21, $22)
+                       now(), coalesce($18, now()), $19, $21, $22, $23, $24)
                RETURNING {TASK_COLUMNS}
+             ), named_queue AS (
+               INSERT INTO queue (name) VALUES ($23) ON CONFLICT (name) DO NOTHING
              ), audit AS (
                INSERT INTO audit_log (actor, action, subject_type, subject_id, details)
                SELECT $20, 'task.create', 'task', t.id::text,
@@ -284,7 +292,7 @@ pub async fn update(
                     schedule_anchor = CASE WHEN $19 THEN $20 ELSE schedule_anchor END,
                     materialized_until = CASE WHEN $19 THEN $21 ELSE materialized_until END,
                     next_run_at = CASE WHEN $19 THEN $22 ELSE next_run_at END,
-                    name = $23, after = $24, updated_at = now()
+                    name = $23, after = $24, queue = $25, rate_key = $26, updated_at = now()
               WHERE id = $1
              RETURNING {TASK_COLUMNS}"
         ))
@@ -293,6 +301,7 @@ pub async fn update(
     let anchor = cursor.map(|c| c.schedule_anchor);
     let until = cursor.map(|c| c.materialized_until);
     let next = cursor.and_then(|c| c.next_run_at);
+    ensure_queue(c, &v.queue).await?;
     let row = c
         .query_one(
             &st,
@@ -321,10 +330,21 @@ pub async fn update(
                 &next,
                 &v.name,
                 &v.after,
+                &v.queue,
+                &v.rate_key,
             ],
         )
         .await?;
     Ok(TaskRow::from_row(&row))
+}
+
+/// Creates the queue's row (no limits, not paused) if it does not exist yet.
+pub async fn ensure_queue(c: &impl Db, name: &str) -> Result<(), Error> {
+    let st = c
+        .prepare_cached("INSERT INTO queue (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+        .await?;
+    c.execute(&st, &[&name]).await?;
+    Ok(())
 }
 
 pub async fn set_materialized_until(

@@ -180,11 +180,25 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         tokio::spawn(async move {
             let refresh = async {
                 let client = state.db().await.ok()?;
-                db::queue::summary(&client).await.ok()
+                let summary = db::queue::summary(&client).await.ok()?;
+                Some((summary, db::queues::list(&client).await.ok()))
             };
-            if let Ok(Some(s)) =
+            if let Ok(Some((s, named))) =
                 tokio::time::timeout(std::time::Duration::from_secs(5), refresh).await
             {
+                for q in named.unwrap_or_default() {
+                    let name = q.name.as_str();
+                    let g = &orrery::metrics::NAMED_QUEUE;
+                    g.with_label_values(&[name, "ready"]).set(q.ready);
+                    g.with_label_values(&[name, "scheduled"]).set(q.scheduled);
+                    g.with_label_values(&[name, "running"]).set(q.running);
+                    g.with_label_values(&[name, "paused"]).set(q.paused as i64);
+                    g.with_label_values(&[name, "finished_last_minute"])
+                        .set(q.finished_last_minute);
+                    orrery::metrics::NAMED_QUEUE_LAG
+                        .with_label_values(&[name])
+                        .set(q.lag_seconds.unwrap_or(0.0));
+                }
                 let g = &orrery::metrics::QUEUE_DEPTH;
                 g.with_label_values(&["ready"]).set(s.ready);
                 g.with_label_values(&["scheduled"]).set(s.scheduled);

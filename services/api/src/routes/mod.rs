@@ -6,6 +6,7 @@ pub mod events;
 pub mod health;
 pub mod jobs;
 pub mod queue;
+pub mod queues;
 pub mod runs;
 pub mod schedules;
 pub mod secrets;

@@ -45,6 +45,8 @@ const WRITABLE: &[&str] = &[
     "misfire_grace_seconds",
     "catchup",
     "overlap",
+    "queue",
+    "rate_key",
     "created_by",
     "after",
 ];
@@ -101,6 +103,14 @@ pub struct TaskCreate {
     /// allow, skip or queue.
     #[schema(pattern = "^(allow|skip|queue)$")]
     overlap: Option<String>,
+    /// The queue its runs wait in (default `default`): 1..64 of `A-Za-z0-9._-`. A queue named for the first
+    /// time is created without limits (see /queues and docs/flow-control.md).
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$", example = "default")]
+    queue: Option<String>,
+    /// Template of each run's rate key, e.g. `customer-${params.customer_id}` (1..200 characters; placeholders
+    /// `${params.PATH}` and `${event.PATH}` only), limited by the queue's `key_rate_limit`; null = none.
+    #[schema(example = "customer-${params.customer_id}")]
+    rate_key: Option<String>,
     /// Admins may create a task on behalf of another agent.
     created_by: Option<Uuid>,
     /// Tasks this one runs after (at most 1000, each parent once; see docs/flow-control.md#dependencies).
@@ -163,6 +173,11 @@ pub struct TaskPatch {
     catchup: Option<String>,
     #[schema(pattern = "^(allow|skip|queue)$")]
     overlap: Option<String>,
+    /// Moves the task's pending runs that no worker holds to this queue.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    queue: Option<String>,
+    /// Re-renders the rate key of the task's pending runs that no worker holds; null removes it.
+    rate_key: Option<String>,
     created_by: Option<Uuid>,
     /// Replaces the task's `after` (null or [] removes every dependency). A change that would close a cycle is
     /// a 422 naming the entry and the cycle.
@@ -224,6 +239,8 @@ struct TaskInput {
     misfire_grace_seconds: Opt<i64>,
     catchup: Opt<Catchup>,
     overlap: Opt<Overlap>,
+    queue: Opt<String>,
+    rate_key: Opt<String>,
     created_by: Opt<Uuid>,
     after: Opt<Vec<AfterDecl>>,
 }
@@ -316,6 +333,12 @@ fn read_after(f: &mut Fields) -> Opt<Vec<AfterDecl>> {
             None | Some(Value::Null) => None,
             Some(p @ Value::Object(_)) => {
                 let problems = orrery::pipeline::template_errors(p, &format!("{path}.params"));
+                // PostgreSQL cannot store a NUL character.
+                if let Some(nul) = crate::input::find_nul(p, &format!("{path}.params")) {
+                    f.errors
+                        .push(FieldError::new(nul, "must not contain NUL characters"));
+                    continue;
+                }
                 for e in problems {
                     f.errors.push(FieldError::new(e.field, e.message));
                 }
@@ -372,6 +395,8 @@ fn read_input(body: &Value, creating: bool) -> ApiResult<TaskInput> {
         misfire_grace_seconds: f.int("misfire_grace_seconds", 0, i32::MAX as i64),
         catchup: f.parsed("catchup"),
         overlap: f.parsed("overlap"),
+        queue: read_queue(&mut f),
+        rate_key: read_rate_key(&mut f),
         created_by: f.uuid("created_by"),
         after: read_after(&mut f),
     };
@@ -412,6 +437,73 @@ fn read_name(f: &mut Fields) -> Opt<String> {
         Some(_) => {
             f.errors
                 .push(FieldError::new("name", "must be a string or null"));
+            Opt::Absent
+        }
+    }
+}
+
+/// `rate_key`: null, or a template of 1..200 characters whose placeholders are all `${params.PATH}` or
+/// `${event.PATH}` (the part the database renders, `orrery_rate_key` of migration V11).
+fn read_rate_key(f: &mut Fields) -> Opt<String> {
+    match f.raw("rate_key") {
+        None => Opt::Absent,
+        Some(Value::Null) => Opt::Null,
+        Some(Value::String(s)) => match rate_key_problem(s) {
+            None => Opt::Set(s.clone()),
+            Some(problem) => {
+                f.errors.push(FieldError::new("rate_key", problem));
+                Opt::Absent
+            }
+        },
+        Some(_) => {
+            f.errors.push(FieldError::new(
+                "rate_key",
+                "must be a template string (e.g. \"customer-${params.customer_id}\") or null",
+            ));
+            Opt::Absent
+        }
+    }
+}
+
+fn rate_key_problem(s: &str) -> Option<String> {
+    let len = s.chars().count();
+    if !(1..=200).contains(&len) {
+        return Some("must be 1 to 200 characters".into());
+    }
+    let mut rest = s;
+    while let Some(at) = rest.find("${") {
+        let after = &rest[at + 2..];
+        let Some(end) = after.find('}') else {
+            return Some("has a '${' without its closing '}'".into());
+        };
+        let expr = after[..end].trim();
+        let mut parts = expr.split('.');
+        let root = parts.next().unwrap_or("");
+        let path_ok = parts.all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        });
+        if !matches!(root, "params" | "event") || !path_ok {
+            return Some(format!(
+                "placeholder '${{{}}}' is not ${{params.PATH}} or ${{event.PATH}} (a rate key is rendered when the run is created)",
+                expr.chars().take(60).collect::<String>()
+            ));
+        }
+        rest = &after[end + 1..];
+    }
+    None
+}
+
+fn read_queue(f: &mut Fields) -> Opt<String> {
+    match f.raw("queue") {
+        None => Opt::Absent,
+        Some(Value::String(s)) if orrery::config::valid_queue_name(s) => Opt::Set(s.clone()),
+        Some(_) => {
+            f.errors.push(FieldError::new(
+                "queue",
+                "must be a string of 1 to 64 characters, each a letter (A-Z, a-z), a digit, '.', '_' or '-'",
+            ));
             Opt::Absent
         }
     }
@@ -463,6 +555,8 @@ fn merge(mut v: TaskValues, i: TaskInput) -> TaskValues {
     if let Opt::Set(o) = i.overlap {
         v.overlap = o.as_str().to_string();
     }
+    set(&mut v.queue, i.queue);
+    nullable(&mut v.rate_key, i.rate_key);
     set(&mut v.created_by, i.created_by);
     // `after` is resolved against the database by the caller (resolve_after).
     let _ = i.after;
@@ -750,7 +844,7 @@ pub async fn create(
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::TasksWrite)?;
     let dry_run = q.boolean("dry_run")?.unwrap_or(false);
-    let input = read_input(&body.0, true)?;
+    let mut input = read_input(&body.0, true)?;
     let defaults = TaskValues {
         name: None,
         title: String::new(),
@@ -774,8 +868,9 @@ pub async fn create(
         catchup: Catchup::Skip.as_str().into(),
         overlap: Overlap::Allow.as_str().into(),
         after: json!([]),
+        queue: "default".into(),
+        rate_key: None,
     };
-    let mut input = input;
     let after_input = std::mem::replace(&mut input.after, Opt::Absent);
     let mut values = merge(defaults, input);
     validation::normalize_payload(&mut values.payload);
@@ -1053,7 +1148,9 @@ fn changed_fields(a: &TaskValues, b: &TaskValues) -> Vec<&'static str> {
         misfire_grace_seconds,
         catchup,
         overlap,
-        after
+        after,
+        queue,
+        rate_key
     );
     out
 }

@@ -34,7 +34,7 @@ async fn task_count(app: &TestApp) -> i64 {
 async fn settle_ready(app: &TestApp, only: Option<&str>, settlement: Settlement) -> Vec<i64> {
     let pool = app.db.pool();
     let c = pool.get().await.unwrap();
-    let claimed = queue::claim_batch(&c, "test-worker", 30.0, 100, None)
+    let claimed = queue::claim_batch(&c, "test-worker", 30.0, 100, None, None, false, true)
         .await
         .unwrap()
         .claimed;
@@ -185,6 +185,10 @@ async fn invalid_after_is_422_naming_the_entry_and_nothing_is_written() {
             "after[0].params.x",
         ),
         (json!([{"task": "parent", "when": "now"}]), "after[0].when"),
+        (
+            json!([{"task": "parent", "params": {"x": "a\u{0}b"}}]),
+            "after[0].params.x",
+        ),
         (json!([{"condition": "any"}]), "after[0].task"),
         (json!([{"task": 5}]), "after[0].task"),
         (json!([{"task": "bad name!"}]), "after[0].task"),

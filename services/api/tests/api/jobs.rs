@@ -393,14 +393,14 @@ async fn the_built_in_worker_never_claims_external_work() {
     let plain_job = run_now(&app, ADMIN, &builtin, json!({})).await;
     let pool = app.db.pool();
     let client = pool.get().await.unwrap();
-    let claimed = orrery::queue::claim_batch(&client, "w", 60.0, 100, None)
+    let claimed = orrery::queue::claim_batch(&client, "w", 60.0, 100, None, None, false, true)
         .await
         .unwrap();
     let ids: Vec<i64> = claimed.claimed.iter().map(|c| c.id).collect();
     assert_eq!(ids, vec![plain_job]);
     assert!(!ids.contains(&external_job));
     // Nor does it wake up for it: nothing else is pending for the built-in worker.
-    let wake = orrery::queue::seconds_until_next_wake(&client, None)
+    let (wake, _) = orrery::queue::seconds_until_next_wake(&client, None, 0.0)
         .await
         .unwrap();
     assert!(wake.is_none() || wake.unwrap() > 60.0, "{wake:?}");
@@ -654,4 +654,39 @@ async fn a_claim_over_several_queues_takes_the_most_urgent_job_first() {
     let rest = claim(&app, ADMIN, json!({"queues": ["qa", "qb"], "max_jobs": 10})).await;
     let ids: Vec<i64> = rest.iter().map(|j| j["job_id"].as_i64().unwrap()).collect();
     assert_eq!(ids, lows, "the rest in ready order");
+}
+
+#[tokio::test]
+async fn concurrent_claims_of_one_queue_take_distinct_jobs_and_none_comes_back_empty() {
+    let app = spawn_app().await;
+    let task = app.task(ADMIN, external_task("many", "q9")).await;
+    let mut all = Vec::new();
+    for _ in 0..24 {
+        all.push(run_now(&app, ADMIN, &task, json!({})).await);
+    }
+    let claims = (0..4).map(|i| {
+        let http = app.http.clone();
+        let url = app.url("/jobs/claim");
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(ADMIN)
+                .json(&json!({"queues": ["q9"], "max_jobs": 6, "client_id": format!("c{i}")}))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    });
+    let mut got: Vec<i64> = Vec::new();
+    for claim in claims {
+        let answer = claim.await.unwrap();
+        let jobs = answer["jobs"].as_array().unwrap();
+        assert_eq!(jobs.len(), 6, "each claim gets its share: {answer}");
+        got.extend(jobs.iter().map(|j| j["job_id"].as_i64().unwrap()));
+    }
+    got.sort_unstable();
+    all.sort_unstable();
+    assert_eq!(got, all, "every job claimed exactly once");
 }

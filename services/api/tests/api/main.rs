@@ -13,6 +13,7 @@ mod jobs;
 mod names;
 mod preview;
 mod queue;
+mod queues;
 mod runs;
 mod secrets;
 mod tasks;

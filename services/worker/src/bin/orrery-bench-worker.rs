@@ -109,7 +109,10 @@ impl Bench {
 
     async fn reset(&self) -> Result<()> {
         self.db
-            .batch_execute("TRUNCATE task_run, due_work, concurrency_slot, worker_heartbeat")
+            .batch_execute(
+                "TRUNCATE task_run, due_work, concurrency_slot, worker_heartbeat, queue_flow;
+                 DELETE FROM queue WHERE name <> 'default'",
+            )
             .await?;
         Ok(())
     }
@@ -213,8 +216,11 @@ async fn drain(b: &mut Bench) -> Result<()> {
         .split_whitespace()
         .map(|p| p.parse())
         .collect::<std::result::Result<_, _>>()?;
+    // QUEUES=N spreads the rows over N named queues (round robin; no limits); unset, every row is in `default`
+    // and the insert is the one of main before queues.
+    let queues: i64 = env("QUEUES", "1").parse()?;
     println!(
-        "## drain: {jobs} no-op rows (trigger manual), worker env: {}",
+        "## drain: {jobs} no-op rows (trigger manual) in {queues} queue(s), worker env: {}",
         worker_env_summary()
     );
     // (processes, jobs/s, WAL bytes/job, commits/job) per repetition.
@@ -224,14 +230,30 @@ async fn drain(b: &mut Bench) -> Result<()> {
         for (i, &p) in procs.iter().enumerate() {
             b.reset().await?;
             let t = Instant::now();
-            b.db.execute(
-                "INSERT INTO due_work (task_id, run_at, ready_at, priority, trigger)
-                 SELECT t.ids[1 + g % cardinality(t.ids)], now(), now(), 5, 'manual'
-                   FROM generate_series(1, $1::bigint) AS g,
-                        (SELECT array_agg(id ORDER BY created_at) AS ids FROM task) AS t",
-                &[&jobs],
-            )
-            .await?;
+            if queues > 1 {
+                b.db.execute(
+                    "INSERT INTO queue (name) SELECT 'q' || g FROM generate_series(0, $1::bigint - 1) AS g",
+                    &[&queues],
+                )
+                .await?;
+                b.db.execute(
+                    "INSERT INTO due_work (task_id, run_at, ready_at, priority, trigger, queue)
+                     SELECT t.ids[1 + g % cardinality(t.ids)], now(), now(), 5, 'manual', 'q' || (g % $2::bigint)
+                       FROM generate_series(1, $1::bigint) AS g,
+                            (SELECT array_agg(id ORDER BY created_at) AS ids FROM task) AS t",
+                    &[&jobs, &queues],
+                )
+                .await?;
+            } else {
+                b.db.execute(
+                    "INSERT INTO due_work (task_id, run_at, ready_at, priority, trigger)
+                     SELECT t.ids[1 + g % cardinality(t.ids)], now(), now(), 5, 'manual'
+                       FROM generate_series(1, $1::bigint) AS g,
+                            (SELECT array_agg(id ORDER BY created_at) AS ids FROM task) AS t",
+                    &[&jobs],
+                )
+                .await?;
+            }
             let insert_ms = t.elapsed().as_secs_f64() * 1000.0;
             b.db.batch_execute("ANALYZE due_work").await?;
             let quiet = wait_quiet(0.15, Duration::from_secs(60)).await;
@@ -658,6 +680,159 @@ async fn dependencies(b: &mut Bench) -> Result<()> {
     Ok(())
 }
 
+/// Commits in this database so far (every statement of the workers is its own transaction).
+const COMMITS: &str = "SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database WHERE datname = current_database()";
+
+/// A queue limited to RATE starts per second (default 1,000), with enough no-op rows for the whole measurement
+/// waiting, drained by PROCS workers (default 2): starts are counted over MEASURE_S seconds (default 60) after a
+/// WARMUP_S (5) second start, and every 1 s window of recorded starts is checked.
+async fn ratelimit(b: &mut Bench) -> Result<()> {
+    let rate: i64 = env("RATE", "1000").parse()?;
+    let measure: f64 = env("MEASURE_S", "60").parse()?;
+    let warmup: f64 = env("WARMUP_S", "5").parse()?;
+    let procs: usize = env("PROCS", "2").trim().parse()?;
+    let jobs = (rate as f64 * (measure + warmup + 10.0)) as i64;
+    b.reset().await?;
+    b.db.execute(
+        "INSERT INTO queue (name, rate_limit, rate_period_seconds) VALUES ('limited', $1, 1)",
+        &[&(rate as i32)],
+    )
+    .await?;
+    b.db.execute(
+        "INSERT INTO due_work (task_id, run_at, ready_at, priority, trigger, queue)
+         SELECT $1, now(), now(), 5, 'manual', 'limited' FROM generate_series(1, $2::bigint)",
+        &[&b.task, &jobs],
+    )
+    .await?;
+    b.db.batch_execute("ANALYZE due_work").await?;
+    println!(
+        "## rate limit: {rate} starts/s on one queue, {jobs} rows waiting, {procs} worker process(es), worker env: {}",
+        worker_env_summary()
+    );
+    let mut workers = Vec::new();
+    for _ in 0..procs {
+        workers.push(b.spawn_worker()?);
+    }
+    let c0 = b.stat(COMMITS).await?;
+    let t0 = Instant::now();
+    // Workers take about a second to start; the window is counted from the first start, so leave a margin.
+    tokio::time::sleep(Duration::from_secs_f64(warmup + measure + 4.0)).await;
+    let c1 = b.stat(COMMITS).await?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    stop(workers).await;
+    let first: DateTime<Utc> =
+        b.db.query_one("SELECT min(started_at) FROM task_run", &[])
+            .await?
+            .get(0);
+    let from = first + chrono::Duration::milliseconds((warmup * 1000.0) as i64);
+    let to = from + chrono::Duration::milliseconds((measure * 1000.0) as i64);
+    let starts: Vec<DateTime<Utc>> = b
+        .db
+        .query(
+            "SELECT started_at FROM task_run WHERE success AND started_at >= $1 AND started_at < $2 ORDER BY started_at",
+            &[&from, &to],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let window = chrono::Duration::seconds(1);
+    let mut worst = 0usize;
+    let mut j = 0usize;
+    for i in 0..starts.len() {
+        while j < starts.len() && starts[j] - starts[i] < window {
+            j += 1;
+        }
+        worst = worst.max(j - i);
+    }
+    // Starts per whole second of the window, to see the pattern (bursts, gaps).
+    let mut per_second = vec![0usize; measure.ceil() as usize];
+    for t in &starts {
+        let i = ((*t - from).num_milliseconds() / 1000) as usize;
+        if let Some(n) = per_second.get_mut(i) {
+            *n += 1;
+        }
+    }
+    println!(
+        "starts per second of the window: min {} max {}; first ten {:?}",
+        per_second.iter().min().unwrap_or(&0),
+        per_second.iter().max().unwrap_or(&0),
+        &per_second[..per_second.len().min(10)]
+    );
+    let expected = rate as f64 * measure;
+    println!(
+        "starts in {measure} s: {} (limit allows {expected:.0}: {:.2} %), {:.1} starts/s; busiest 1 s window of recorded starts: {worst} (limit {rate}); {:.0} commits/s",
+        starts.len(),
+        starts.len() as f64 / expected * 100.0,
+        starts.len() as f64 / measure,
+        (c1 - c0) as f64 / elapsed,
+    );
+    Ok(())
+}
+
+/// Statements per second while WAITING rows (default 10,000) wait on a limit that is full, with PROCS workers
+/// (default 2) idle otherwise, against the same workers with nothing to do: KIND=queue (the queue's rate limit,
+/// 1 per hour, used up) or KIND=key (one rate key's limit used up, the queue open).
+async fn waiting(b: &mut Bench) -> Result<()> {
+    let waiting: i64 = env("WAITING", "10000").parse()?;
+    let procs: usize = env("PROCS", "2").trim().parse()?;
+    let seconds: f64 = env("MEASURE_S", "20").parse()?;
+    for kind in env("KIND", "idle queue key").split_whitespace() {
+        b.reset().await?;
+        match kind {
+            "idle" => {}
+            "queue" => {
+                b.db.batch_execute(
+                    "INSERT INTO queue (name, rate_limit, rate_period_seconds) VALUES ('limited', 1, 3600)",
+                )
+                .await?;
+            }
+            "key" => {
+                b.db.batch_execute(
+                    "INSERT INTO queue (name, key_rate_limit, key_rate_period_seconds) VALUES ('limited', 1, 3600)",
+                )
+                .await?;
+            }
+            other => return Err(format!("unknown KIND {other} (idle, queue, key)").into()),
+        }
+        if kind != "idle" {
+            // One more row than waits: the first takes the hour's only start.
+            b.db.execute(
+                "INSERT INTO due_work (task_id, run_at, ready_at, priority, trigger, queue, rate_key)
+                 SELECT $1, now(), now(), 5, 'manual', 'limited', 'customer-1'
+                   FROM generate_series(0, $2::bigint)",
+                &[&b.task, &waiting],
+            )
+            .await?;
+            b.db.batch_execute("ANALYZE due_work").await?;
+        }
+        let mut workers = Vec::new();
+        for _ in 0..procs {
+            workers.push(b.spawn_worker()?);
+        }
+        for w in &workers {
+            wait_ready(w.port).await;
+        }
+        b.hint().await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let c0 = b.stat(COMMITS).await?;
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+        let c1 = b.stat(COMMITS).await?;
+        let elapsed = t0.elapsed().as_secs_f64();
+        stop(workers).await;
+        let runs = b.stat("SELECT count(*) FROM task_run").await?;
+        let left = b
+            .stat("SELECT count(*) FROM due_work WHERE locked_by IS NULL")
+            .await?;
+        println!(
+            "{kind}: {:.1} statements/s over {seconds} s with {procs} idle worker(s); runs {runs}, rows still waiting {left}",
+            (c1 - c0) as f64 / elapsed
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -674,6 +849,8 @@ async fn main() -> Result<()> {
         "latency" => latency(&mut b).await?,
         "lateness" => lateness(&mut b).await?,
         "dependencies" => dependencies(&mut b).await?,
+        "ratelimit" => ratelimit(&mut b).await?,
+        "waiting" => waiting(&mut b).await?,
         "all" => {
             latency(&mut b).await?;
             lateness(&mut b).await?;
@@ -681,7 +858,7 @@ async fn main() -> Result<()> {
         }
         other => {
             return Err(format!(
-                "unknown step {other} (drain, latency, lateness, dependencies, all)"
+                "unknown step {other} (drain, latency, lateness, dependencies, ratelimit, waiting, all)"
             )
             .into())
         }

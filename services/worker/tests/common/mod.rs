@@ -110,11 +110,13 @@ pub async fn insert_work(c: &tokio_postgres::Client, task: Uuid, w: WorkSpec<'_>
     .get(0)
 }
 
-/// `n` manual rows of `task`, due now, in one statement.
+/// `n` manual rows due now, with the task's queue and rate key (as the API's and the scheduler's inserts).
 pub async fn insert_many(c: &tokio_postgres::Client, task: Uuid, n: i64) {
     c.execute(
-        "INSERT INTO due_work (task_id, run_at, ready_at, priority, trigger)
-         SELECT $1, now(), now(), 5, 'manual' FROM generate_series(1, $2::bigint)",
+        "INSERT INTO due_work (task_id, run_at, ready_at, priority, trigger, queue, rate_key)
+         SELECT $1, now(), now(), 5, 'manual', t.queue, orrery_rate_key(t.rate_key, t.payload->'params', NULL)
+           FROM generate_series(1, $2::bigint), task t
+          WHERE t.id = $1",
         &[&task, &n],
     )
     .await

@@ -1,0 +1,158 @@
+//! Named queues (migration V11): their settings and, per queue, depth, lag and throughput.
+
+use tokio_postgres::{Error, Row};
+
+use super::Db;
+use crate::models::{NamedQueue, RateLimit};
+
+/// The settings of a queue as written by PUT/PATCH.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSettings {
+    pub max_concurrency: Option<i32>,
+    pub paused: bool,
+    pub rate_limit: Option<RateLimit>,
+    pub key_rate_limit: Option<RateLimit>,
+}
+
+/// Every queue with a row or with work, with its figures. Runs finished in the last minute are counted per
+/// task queue (a task moved between queues counts in its current one).
+const LIST: &str = "
+WITH names AS (
+    SELECT name FROM queue
+    UNION SELECT DISTINCT queue FROM due_work
+),
+work AS (
+    SELECT d.queue,
+           count(*) FILTER (WHERE d.state = 'pending' AND d.ready_at <= now()
+                            AND (d.locked_until IS NULL OR d.locked_until <= now())) AS ready,
+           count(*) FILTER (WHERE d.state = 'pending' AND d.ready_at > now()
+                            AND (d.locked_until IS NULL OR d.locked_until <= now())) AS scheduled,
+           count(*) FILTER (WHERE d.state = 'pending' AND d.locked_until > now()) AS running,
+           count(*) FILTER (WHERE d.state = 'dead') AS dead,
+           extract(epoch FROM now() - min(d.ready_at) FILTER (WHERE d.state = 'pending' AND d.ready_at <= now()
+                            AND (d.locked_until IS NULL OR d.locked_until <= now())))::float8 AS lag
+      FROM due_work d
+     WHERE ($1::text IS NULL OR d.queue = $1)
+     GROUP BY d.queue
+),
+done AS (
+    SELECT t.queue, count(*) AS finished
+      FROM task_run r JOIN task t ON t.id = r.task_id
+     WHERE r.finished_at > now() - interval '1 minute' AND r.attempt > 0
+       AND ($1::text IS NULL OR t.queue = $1)
+     GROUP BY t.queue
+)
+SELECT n.name, q.max_concurrency, coalesce(q.paused, false), q.rate_limit, q.rate_period_seconds,
+       coalesce(w.ready, 0), coalesce(w.scheduled, 0), coalesce(w.running, 0), coalesce(w.dead, 0), w.lag,
+       coalesce(x.finished, 0), q.created_at, q.updated_at, q.key_rate_limit, q.key_rate_period_seconds
+  FROM names n
+  LEFT JOIN queue q ON q.name = n.name
+  LEFT JOIN work w ON w.queue = n.name
+  LEFT JOIN done x ON x.queue = n.name
+ WHERE $1::text IS NULL OR n.name = $1
+ ORDER BY n.name";
+
+fn rate(limit: Option<i32>, period: Option<f64>) -> Option<RateLimit> {
+    limit.zip(period).map(|(limit, period_seconds)| RateLimit {
+        limit,
+        period_seconds,
+    })
+}
+
+fn from_row(r: &Row) -> NamedQueue {
+    let limit: Option<i32> = r.get(3);
+    let period: Option<f64> = r.get(4);
+    NamedQueue {
+        name: r.get(0),
+        max_concurrency: r.get(1),
+        paused: r.get(2),
+        rate_limit: limit.zip(period).map(|(limit, period_seconds)| RateLimit {
+            limit,
+            period_seconds,
+        }),
+        ready: r.get(5),
+        scheduled: r.get(6),
+        running: r.get(7),
+        dead: r.get(8),
+        lag_seconds: r.get(9),
+        finished_last_minute: r.get(10),
+        created_at: r.get(11),
+        updated_at: r.get(12),
+        key_rate_limit: rate(r.get(13), r.get(14)),
+    }
+}
+
+pub async fn list(c: &impl Db) -> Result<Vec<NamedQueue>, Error> {
+    let st = c.prepare_cached(LIST).await?;
+    Ok(c.query(&st, &[&None::<String>])
+        .await?
+        .iter()
+        .map(from_row)
+        .collect())
+}
+
+pub async fn get(c: &impl Db, name: &str) -> Result<Option<NamedQueue>, Error> {
+    let st = c.prepare_cached(LIST).await?;
+    Ok(c.query_opt(&st, &[&Some(name)])
+        .await?
+        .as_ref()
+        .map(from_row))
+}
+
+/// The queue's settings, locked for the rest of the transaction; None if it has no row.
+pub async fn lock_settings(c: &impl Db, name: &str) -> Result<Option<QueueSettings>, Error> {
+    let st = c
+        .prepare_cached(
+            "SELECT max_concurrency, paused, rate_limit, rate_period_seconds, key_rate_limit, key_rate_period_seconds
+               FROM queue WHERE name = $1 FOR UPDATE",
+        )
+        .await?;
+    Ok(c.query_opt(&st, &[&name]).await?.map(|r| {
+        let limit: Option<i32> = r.get(2);
+        let period: Option<f64> = r.get(3);
+        QueueSettings {
+            max_concurrency: r.get(0),
+            paused: r.get(1),
+            rate_limit: limit.zip(period).map(|(limit, period_seconds)| RateLimit {
+                limit,
+                period_seconds,
+            }),
+            key_rate_limit: rate(r.get(4), r.get(5)),
+        }
+    }))
+}
+
+/// Creates or replaces the queue's settings.
+pub async fn upsert(c: &impl Db, name: &str, s: &QueueSettings) -> Result<(), Error> {
+    let st = c
+        .prepare_cached(
+            "INSERT INTO queue AS q (name, max_concurrency, paused, rate_limit, rate_period_seconds,
+                                     key_rate_limit, key_rate_period_seconds)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (name) DO UPDATE
+                SET max_concurrency = excluded.max_concurrency, paused = excluded.paused,
+                    rate_limit = excluded.rate_limit, rate_period_seconds = excluded.rate_period_seconds,
+                    key_rate_limit = excluded.key_rate_limit,
+                    key_rate_period_seconds = excluded.key_rate_period_seconds,
+                    updated_at = now()",
+        )
+        .await?;
+    let limit = s.rate_limit.as_ref().map(|r| r.limit);
+    let period = s.rate_limit.as_ref().map(|r| r.period_seconds);
+    let key_limit = s.key_rate_limit.as_ref().map(|r| r.limit);
+    let key_period = s.key_rate_limit.as_ref().map(|r| r.period_seconds);
+    c.execute(
+        &st,
+        &[
+            &name,
+            &s.max_concurrency,
+            &s.paused,
+            &limit,
+            &period,
+            &key_limit,
+            &key_period,
+        ],
+    )
+    .await?;
+    Ok(())
+}
