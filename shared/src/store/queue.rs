@@ -890,34 +890,66 @@ fn outcome(rows: &[tokio_postgres::Row]) -> Result<ClaimOutcome, tokio_postgres:
         .first()
         .map(|r| r.get::<_, bool>("limited"))
         .unwrap_or(false);
+    // Columns by name, resolved once per answer (by-name lookups per row cost a scan of the ~25 columns each).
+    let Some(first) = rows.first() else {
+        return Ok(ClaimOutcome::default());
+    };
+    let col = |name: &str| {
+        first
+            .columns()
+            .iter()
+            .position(|c| c.name() == name)
+            .unwrap_or_else(|| panic!("claim answer without a {name} column"))
+    };
+    let c_id = col("id");
+    let c_task_id = col("task_id");
+    let c_run_at = col("run_at");
+    let c_ready_at = col("ready_at");
+    let c_priority = col("priority");
+    let c_concurrency_key = col("concurrency_key");
+    let c_trigger = col("trigger");
+    let c_attempt = col("attempt");
+    let c_fencing_token = col("fencing_token");
+    let c_event_id = col("event_id");
+    let c_event = col("event");
+    let c_params = col("params");
+    let c_task_title = col("task_title");
+    let c_task_payload = col("task_payload");
+    let c_timeout_seconds = col("timeout_seconds");
+    let c_max_retries = col("max_retries");
+    let c_backoff_strategy = col("backoff_strategy");
+    let c_lease_expires_at = col("lease_expires_at");
+    let c_claimed_at = col("claimed_at");
+    let c_holds_place = col("holds_place");
+    let c_not_before = col("not_before");
     let claimed = rows
         .iter()
-        .filter(|r| r.get::<_, Option<i64>>("id").is_some())
+        .filter(|r| r.get::<_, Option<i64>>(c_id).is_some())
         .map(|r| {
             Ok(ClaimedWork {
-                id: r.try_get("id")?,
-                task_id: r.try_get("task_id")?,
-                run_at: r.try_get("run_at")?,
-                ready_at: r.try_get("ready_at")?,
-                priority: r.try_get("priority")?,
-                concurrency_key: r.try_get("concurrency_key")?,
-                trigger: r.try_get("trigger")?,
-                attempt: r.try_get("attempt")?,
-                fencing_token: r.try_get("fencing_token")?,
-                event_id: r.try_get("event_id")?,
-                event: r.try_get("event")?,
-                params: r.try_get("params")?,
-                task_title: r.try_get("task_title")?,
-                task_payload: r.try_get("task_payload")?,
-                timeout_seconds: r.try_get("timeout_seconds")?,
-                max_retries: r.try_get("max_retries")?,
-                backoff_strategy: r.try_get("backoff_strategy")?,
-                lease_expires_at: r.try_get("lease_expires_at")?,
-                claimed_at: r.try_get("claimed_at")?,
+                id: r.try_get(c_id)?,
+                task_id: r.try_get(c_task_id)?,
+                run_at: r.try_get(c_run_at)?,
+                ready_at: r.try_get(c_ready_at)?,
+                priority: r.try_get(c_priority)?,
+                concurrency_key: r.try_get(c_concurrency_key)?,
+                trigger: r.try_get(c_trigger)?,
+                attempt: r.try_get(c_attempt)?,
+                fencing_token: r.try_get(c_fencing_token)?,
+                event_id: r.try_get(c_event_id)?,
+                event: r.try_get(c_event)?,
+                params: r.try_get(c_params)?,
+                task_title: r.try_get(c_task_title)?,
+                task_payload: r.try_get(c_task_payload)?,
+                timeout_seconds: r.try_get(c_timeout_seconds)?,
+                max_retries: r.try_get(c_max_retries)?,
+                backoff_strategy: r.try_get(c_backoff_strategy)?,
+                lease_expires_at: r.try_get(c_lease_expires_at)?,
+                claimed_at: r.try_get(c_claimed_at)?,
                 limited: r
-                    .try_get::<_, Option<bool>>("holds_place")?
+                    .try_get::<_, Option<bool>>(c_holds_place)?
                     .unwrap_or(false),
-                not_before: r.try_get("not_before")?,
+                not_before: r.try_get(c_not_before)?,
             })
         })
         .collect::<Result<_, tokio_postgres::Error>>()?;
