@@ -14,6 +14,7 @@ use deadpool_postgres::Pool;
 use orrery::clock::Clock;
 use orrery::model::{Catchup, Trigger, CATCHUP_ALL_LIMIT};
 use orrery::schedule::{parse_timezone, Schedule, ScheduleKind};
+use orrery::store::tasks::{self, MissedFire};
 use orrery::store::work::{self, NewWork, Ready};
 use uuid::Uuid;
 
@@ -224,7 +225,7 @@ impl Materializer {
         let mut work: Vec<NewWork> = Vec::new();
         let (mut u_id, mut u_until, mut u_next, mut u_exhausted, mut u_run) =
             (vec![], vec![], vec![], vec![], vec![]);
-        let (mut m_task, mut m_at, mut m_msg) = (vec![], vec![], vec![]);
+        let mut missed: Vec<MissedFire> = Vec::new();
 
         for row in &rows {
             let id: Uuid = row.get("id");
@@ -280,11 +281,13 @@ impl Materializer {
                 }
             }
             for at in &p.misfires {
-                m_task.push(id);
-                m_at.push(*at);
-                m_msg.push(format!(
-                    "fire missed its grace window of {grace}s and the catch-up policy is {catchup}"
-                ));
+                missed.push(MissedFire {
+                    task_id: id,
+                    scheduled_for: *at,
+                    message: format!(
+                        "fire missed its grace window of {grace}s and the catch-up policy is {catchup}"
+                    ),
+                });
             }
             stats.misfires += p.misfire_count;
             u_id.push(id);
@@ -295,15 +298,7 @@ impl Materializer {
         }
 
         stats.fires = work::enqueue(&tx, &work, &self.clock).await?.len() as u64;
-        if !m_task.is_empty() {
-            tx.execute(
-                "INSERT INTO task_run (task_id, attempt, trigger, scheduled_for, finished_at, success, error, error_kind)
-                 SELECT t, 0, 'schedule', a, coalesce($4::timestamptz, now()), false, m, 'misfired'
-                   FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]) AS u(t, a, m)",
-                &[&m_task, &m_at, &m_msg, &self.clock.param()],
-            )
-            .await?;
-        }
+        tasks::record_missed_fires(&tx, &missed, &self.clock).await?;
         let update = tx
             .prepare_cached(
                 "UPDATE task t

@@ -74,3 +74,34 @@ pub async fn complete_exhausted(c: &impl GenericClient, clock: &Clock) -> Result
         .filter_map(|r| r.get::<_, String>("subject_id").parse().ok())
         .collect())
 }
+
+/// One schedule fire the materializer skipped (older than its misfire grace, catch-up `skip`/`latest`).
+#[derive(Debug, Clone)]
+pub struct MissedFire {
+    pub task_id: Uuid,
+    pub scheduled_for: DateTime<Utc>,
+    pub message: String,
+}
+
+/// Records skipped fires as failed `task_run` rows of attempt 0 (`error_kind = 'misfired'`), in the
+/// materializer's transaction.
+pub async fn record_missed_fires(
+    c: &impl GenericClient,
+    fires: &[MissedFire],
+    clock: &Clock,
+) -> Result<u64, Error> {
+    if fires.is_empty() {
+        return Ok(0);
+    }
+    let task: Vec<Uuid> = fires.iter().map(|f| f.task_id).collect();
+    let at: Vec<DateTime<Utc>> = fires.iter().map(|f| f.scheduled_for).collect();
+    let msg: Vec<&str> = fires.iter().map(|f| f.message.as_str()).collect();
+    let st = c
+        .prepare_cached(
+            "INSERT INTO task_run (task_id, attempt, trigger, scheduled_for, finished_at, success, error, error_kind)
+             SELECT t, 0, 'schedule', a, coalesce($4::timestamptz, now()), false, m, 'misfired'
+               FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]) AS u(t, a, m)",
+        )
+        .await?;
+    c.execute(&st, &[&task, &at, &msg, &clock.param()]).await
+}

@@ -418,3 +418,26 @@ pub async fn release_held_dependents(
         .collect();
     Ok(enqueue(c, &work, clock).await?.len() as u64)
 }
+
+/// Pause of a dependent task: its dependency work that has not started yet goes back to its gate (`held`), to
+/// be released by resume ([`release_held_dependents`]); nothing is lost. Returns how many rows were parked.
+pub async fn hold_dependents(
+    c: &impl GenericClient,
+    task_id: Uuid,
+    clock: &Clock,
+) -> Result<u64, Error> {
+    let st = c
+        .prepare_cached(
+            "WITH parked AS (
+                 DELETE FROM due_work
+                  WHERE task_id = $1 AND trigger = 'dependency' AND state = 'pending'
+                    AND (locked_until IS NULL OR locked_until < coalesce($2::timestamptz, now()))
+                 RETURNING trace_id
+             )
+             UPDATE dependency_gate g SET state = 'held', decided_at = coalesce($2::timestamptz, now())
+               FROM parked p
+              WHERE g.task_id = $1 AND g.trace_id = p.trace_id",
+        )
+        .await?;
+    c.execute(&st, &[&task_id, &clock.param()]).await
+}

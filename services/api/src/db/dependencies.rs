@@ -152,25 +152,6 @@ pub async fn forget_parent(c: &impl Db, parent: Uuid) -> Result<Vec<Uuid>, Error
         .collect())
 }
 
-/// Pause: the task's dependent work that has not started yet goes back to its gate (`held`), to be released
-/// by resume; nothing is lost. Returns how many rows were parked.
-pub async fn hold(c: &impl Db, task: Uuid) -> Result<u64, Error> {
-    let st = c
-        .prepare_cached(
-            "WITH parked AS (
-                 DELETE FROM due_work
-                  WHERE task_id = $1 AND trigger = 'dependency' AND state = 'pending'
-                    AND (locked_until IS NULL OR locked_until < now())
-                 RETURNING trace_id
-             )
-             UPDATE dependency_gate g SET state = 'held', decided_at = now()
-               FROM parked p
-              WHERE g.task_id = $1 AND g.trace_id = p.trace_id",
-        )
-        .await?;
-    c.execute(&st, &[&task]).await
-}
-
 /// Cancel: the task's edges are dropped (nothing arrives any more) and its waiting or held gates are closed as
 /// `dropped`. Returns (edges dropped, gates dropped); the caller records both in the audit log.
 pub async fn drop_for_cancel(c: &impl Db, task: Uuid) -> Result<(i64, i64), Error> {

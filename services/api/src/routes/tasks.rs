@@ -1251,7 +1251,8 @@ async fn transition(
     match action {
         // Dependent work that has not started goes back to its gate; resume releases it.
         Action::Pause => {
-            details["dependency_runs_held"] = json!(db::dependencies::hold(&tx, id).await?);
+            details["dependency_runs_held"] =
+                json!(work::hold_dependents(&tx, id, &state.clock).await?);
         }
         Action::Cancel => {
             let (edges, gates) = db::dependencies::drop_for_cancel(&tx, id).await?;
