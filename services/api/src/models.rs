@@ -1,6 +1,7 @@
 //! Response shapes (and the OpenAPI schemas generated from them).
 
 use chrono::{DateTime, Utc};
+use orrery::model::{BackoffStrategy, Catchup, Overlap, TaskStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_postgres::Row;
@@ -89,20 +90,24 @@ pub struct Task {
     #[schema(value_type = Object)]
     pub payload: Value,
     /// active, paused, canceled or completed.
-    pub status: String,
+    #[schema(value_type = String, pattern = "^(active|paused|canceled|completed)$")]
+    pub status: TaskStatus,
     pub priority: i32,
     pub dedupe_key: Option<String>,
     pub dedupe_window_seconds: i32,
     pub max_retries: i32,
     /// exponential_jitter, linear or fixed.
-    pub backoff_strategy: String,
+    #[schema(value_type = String, pattern = "^(exponential_jitter|linear|fixed)$")]
+    pub backoff_strategy: BackoffStrategy,
     pub concurrency_key: Option<String>,
     pub timeout_seconds: i32,
     pub misfire_grace_seconds: i32,
     /// skip, latest or all.
-    pub catchup: String,
+    #[schema(value_type = String, pattern = "^(skip|latest|all)$")]
+    pub catchup: Catchup,
     /// allow, skip or queue.
-    pub overlap: String,
+    #[schema(value_type = String, pattern = "^(allow|skip|queue)$")]
+    pub overlap: Overlap,
     /// The queue its runs wait in (docs/flow-control.md).
     pub queue: String,
     /// Template of each run's rate key (`${params.customer_id}`), limited by its queue's `key_rate_limit`;
@@ -228,7 +233,8 @@ fn finite(r: &Row, column: &str) -> Option<DateTime<Utc>> {
 pub struct TaskTransition {
     pub task: Task,
     /// The status before the action (equal to `task.status` when nothing changed).
-    pub previous_status: String,
+    #[schema(value_type = String, pattern = "^(active|paused|canceled|completed)$")]
+    pub previous_status: TaskStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -540,7 +540,7 @@ fn merge(mut v: TaskValues, i: TaskInput) -> TaskValues {
         v.max_retries = n as i16;
     }
     if let Opt::Set(b) = i.backoff_strategy {
-        v.backoff_strategy = b.as_str().to_string();
+        v.backoff_strategy = b;
     }
     nullable(&mut v.concurrency_key, i.concurrency_key);
     if let Opt::Set(n) = i.timeout_seconds {
@@ -550,10 +550,10 @@ fn merge(mut v: TaskValues, i: TaskInput) -> TaskValues {
         v.misfire_grace_seconds = n as i32;
     }
     if let Opt::Set(c) = i.catchup {
-        v.catchup = c.as_str().to_string();
+        v.catchup = c;
     }
     if let Opt::Set(o) = i.overlap {
-        v.overlap = o.as_str().to_string();
+        v.overlap = o;
     }
     set(&mut v.queue, i.queue);
     nullable(&mut v.rate_key, i.rate_key);
@@ -858,15 +858,15 @@ pub async fn create(
         dedupe_key: None,
         dedupe_window_seconds: 0,
         max_retries: state.settings.worker_max_retries.min(10) as i16,
-        backoff_strategy: BackoffStrategy::ExponentialJitter.as_str().into(),
+        backoff_strategy: BackoffStrategy::ExponentialJitter,
         concurrency_key: None,
         timeout_seconds: 300,
         misfire_grace_seconds: state
             .settings
             .scheduler_misfire_grace_time
             .min(i32::MAX as u32) as i32,
-        catchup: Catchup::Skip.as_str().into(),
-        overlap: Overlap::Allow.as_str().into(),
+        catchup: Catchup::Skip,
+        overlap: Overlap::Allow,
         after: json!([]),
         queue: "default".into(),
         rate_key: None,
@@ -1031,7 +1031,7 @@ pub async fn patch(
     let row = db::tasks::lock(&tx, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
-    if stored_status(&row.task)?.is_terminal() {
+    if row.task.status.is_terminal() {
         return Err(ApiError::conflict(format!(
             "Task {id} is {}; terminal tasks cannot be edited",
             row.task.status
@@ -1050,7 +1050,7 @@ pub async fn patch(
         row.schedule_anchor
     };
     let schedule = validate(&values, anchor)?;
-    let active = row.task.status == TaskStatus::Active.as_str();
+    let active = row.task.status == TaskStatus::Active;
     let cursor = if schedule_changed {
         Some(initial_cursor(
             &schedule,
@@ -1207,13 +1207,6 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// The task's stored status (the schema's CHECK admits only the four spellings).
-fn stored_status(t: &Task) -> ApiResult<TaskStatus> {
-    t.status
-        .parse::<TaskStatus>()
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("task {}: stored status {e}", t.id)))
-}
-
 /// Pause, resume or cancel, as the lifecycle state machine (orrery::lifecycle) says.
 async fn transition(
     state: web::Data<AppState>,
@@ -1228,8 +1221,8 @@ async fn transition(
     let row = db::tasks::lock(&tx, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
-    let previous = row.task.status.clone();
-    let (to, work) = match action.apply(stored_status(&row.task)?) {
+    let previous = row.task.status;
+    let (to, work) = match action.apply(row.task.status) {
         Ok(Outcome::Unchanged) => {
             return Ok(HttpResponse::Ok().json(TaskTransition {
                 task: row.task,
@@ -1378,7 +1371,7 @@ pub async fn run_now(
     let row = db::tasks::lock(&tx, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
-    if !stored_status(&row.task)?.accepts_manual_work() {
+    if !row.task.status.accepts_manual_work() {
         return Err(ApiError::Conflict {
             message: format!(
                 "Task {id} is {}; only active tasks can run now",
@@ -1437,7 +1430,7 @@ pub async fn snooze(
     let row = db::tasks::lock(&tx, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
-    if !stored_status(&row.task)?.accepts_manual_work() {
+    if !row.task.status.accepts_manual_work() {
         return Err(ApiError::Conflict {
             message: format!(
                 "Task {id} is {}; only active tasks can be snoozed",
