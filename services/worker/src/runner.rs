@@ -49,6 +49,11 @@ pub async fn runner_loop(
         let Some(Claimed { work, claimed }) = next else {
             return;
         };
+        if let Some(at) = work.not_before.filter(|at| *at > work.claimed_at) {
+            // Granted ahead by its queue's rate limit (at most GRANT_AHEAD_SECONDS): starts on that instant.
+            let wait = (at - work.claimed_at).to_std().unwrap_or_default();
+            tokio::time::sleep_until((claimed + wait).into()).await;
+        }
         if runner.stats.is_stopping() {
             // Prefetched but never started: give the attempt back.
             let _ = done.send(Finished::Release {
@@ -56,11 +61,6 @@ pub async fn runner_loop(
                 fencing_token: work.fencing_token,
             });
             continue;
-        }
-        if let Some(at) = work.not_before.filter(|at| *at > work.claimed_at) {
-            // Granted ahead by its queue's rate limit (at most GRANT_AHEAD_SECONDS): starts on that instant.
-            let wait = (at - work.claimed_at).to_std().unwrap_or_default();
-            tokio::time::sleep_until((claimed + wait).into()).await;
         }
         runner.held.started(work.id, work.fencing_token);
         runner.stats.run_started();
