@@ -458,6 +458,65 @@ async fn run_now_shows_the_run_live_and_a_dead_run_replayed_from_the_dead_work_p
         .any(|r| r["due_work_id"] == work_id && r["success"] == false));
 }
 
+#[tokio::test]
+async fn the_queues_page_shows_a_queues_depth_and_pauses_and_resumes_it() {
+    let stack = Stack::start(false).await;
+    let id = stack
+        .task(
+            ADMIN,
+            "report",
+            json!({"schedule_expr": "0 0 1 1 *", "timezone": "UTC", "queue": "reports"}),
+        )
+        .await;
+    for _ in 0..2 {
+        stack
+            .post(&format!("/tasks/{id}/run_now"), ADMIN, json!({}))
+            .await;
+    }
+    let b = browser(1280, 900).await;
+    sign_in(&b, &stack, ADMIN).await;
+    b.goto(&stack.ui("#/queues")).await;
+    let ready = b
+        .wait_js(
+            "the reports queue with its two ready runs",
+            WAIT,
+            "const row = document.querySelector('tr[data-queue=\"reports\"]');
+             return row && row.children[2].textContent",
+        )
+        .await;
+    assert_eq!(ready, "2");
+    let paused = || async {
+        let queues = stack.get("/queues", ADMIN).await;
+        queues["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == "reports")
+            .map(|q| q["paused"].clone())
+            .unwrap()
+    };
+    assert_eq!(paused().await, false);
+    b.click("tr[data-queue=\"reports\"] button[data-action=pause]")
+        .await;
+    b.click("dialog [data-action=confirm]").await;
+    b.wait_js(
+        "the row to show the queue paused",
+        WAIT,
+        "return document.querySelector('tr[data-queue=\"reports\"] button[data-action=resume]') !== null",
+    )
+    .await;
+    assert_eq!(paused().await, true, "the API says paused too");
+    b.click("tr[data-queue=\"reports\"] button[data-action=resume]")
+        .await;
+    b.wait_js(
+        "the row to show the queue running",
+        WAIT,
+        "return document.querySelector('tr[data-queue=\"reports\"] button[data-action=pause]') !== null",
+    )
+    .await;
+    assert_eq!(paused().await, false);
+}
+
 fn screenshot_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots")
 }
@@ -557,6 +616,7 @@ async fn screenshots() {
             "#attempts .attempt",
         ),
         ("dead-work", "#/dead".into(), "tr[data-dead-id]"),
+        ("queues", "#/queues".into(), "#queue-list tbody tr[data-queue]"),
         ("workers", "#/workers".into(), "#worker-list tbody tr"),
         ("events", "#/events".into(), "#recent-events tbody tr"),
     ];

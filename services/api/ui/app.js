@@ -7,6 +7,7 @@ import * as taskDetail from './task_detail.js';
 import * as runs from './runs.js';
 import * as dead from './dead.js';
 import * as workers from './workers.js';
+import * as queues from './queues.js';
 import * as events from './events.js';
 
 const app = document.getElementById('app');
@@ -22,6 +23,7 @@ const ROUTES = [
   [/^\/tasks\/([0-9a-f-]{36})$/, taskDetail.render, 'tasks', 'Task'],
   [/^\/runs\/(\d+)$/, runs.render, 'tasks', 'Run'],
   [/^\/dead$/, dead.render, 'dead', 'Dead work', 'admin'],
+  [/^\/queues$/, queues.render, 'queues', 'Queues', 'admin'],
   [/^\/workers$/, workers.render, 'workers', 'Workers', 'admin'],
   [/^\/events$/, events.render, 'events', 'Events', 'events'],
 ];
@@ -30,6 +32,7 @@ const NAV = [
   ['#/', 'overview', 'Overview'],
   ['#/tasks', 'tasks', 'Tasks'],
   ['#/dead', 'dead', 'Dead work', 'admin'],
+  ['#/queues', 'queues', 'Queues', 'admin'],
   ['#/workers', 'workers', 'Workers', 'admin'],
   ['#/events', 'events', 'Events', 'events'],
 ];

@@ -47,6 +47,7 @@ static ASSETS: &[Asset] = &[
     asset!("runs.js", JS),
     asset!("dead.js", JS),
     asset!("workers.js", JS),
+    asset!("queues.js", JS),
     asset!("events.js", JS),
 ];
 
