@@ -616,7 +616,11 @@ async fn screenshots() {
             "#attempts .attempt",
         ),
         ("dead-work", "#/dead".into(), "tr[data-dead-id]"),
-        ("queues", "#/queues".into(), "#queue-list tbody tr[data-queue]"),
+        (
+            "queues",
+            "#/queues".into(),
+            "#queue-list tbody tr[data-queue]",
+        ),
         ("workers", "#/workers".into(), "#worker-list tbody tr"),
         ("events", "#/events".into(), "#recent-events tbody tr"),
     ];
