@@ -228,7 +228,9 @@ fn wake_for_dependents(completer: &Completer, fired: i64, queues: &[String]) {
         Some(mine) => queues.iter().all(|q| mine.contains(q)),
     };
     let idle = completer.concurrency.saturating_sub(completer.held.count());
-    if queues.is_empty() || (served && (fired as usize) <= idle) {
+    // A stopping worker claims nothing more: the others must hear of the rows.
+    let takes_all = served && (fired as usize) <= idle && !completer.stats.is_stopping();
+    if queues.is_empty() || takes_all {
         return;
     }
     let redis = completer.redis.clone();
