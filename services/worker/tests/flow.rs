@@ -282,7 +282,7 @@ async fn four_workers_never_exceed_a_rate_limit_in_any_window() {
 /// clock, through the worker's own claim statement.
 #[tokio::test]
 async fn a_full_rate_window_is_granted_ahead_only_within_the_horizon_and_at_the_freeing_instant() {
-    use orrery::queue::{claim_batch, GRANT_AHEAD_SECONDS};
+    use orrery::queue::{claim_batch, GRANT_AHEAD_SECONDS, GRANT_LEAD_SECONDS};
     let db = TestDb::new().await;
     let c = db.client().await;
     let task = task_in(&c, TaskSpec::default(), "api").await;
@@ -313,20 +313,24 @@ async fn a_full_rate_window_is_granted_ahead_only_within_the_horizon_and_at_the_
     let first = claim(0).await;
     assert_eq!(first.len(), 10, "an empty window grants the limit at once");
     assert!(first.iter().all(|w| w.not_before == Some(at(0))));
-    // Full until t0 + 1 s; claimed 50 ms before (the worker's lead), inside the 100 ms horizon.
-    const { assert!(GRANT_AHEAD_SECONDS >= 0.05) };
-    let ahead = claim(950).await;
+    // Full until t0 + 1 s; claimed the worker's lead before that, inside the horizon.
+    let lead = (GRANT_LEAD_SECONDS * 1000.0) as i64;
+    let horizon = (GRANT_AHEAD_SECONDS * 1000.0) as i64;
+    let ahead = claim(1000 - lead).await;
     assert_eq!(ahead.len(), 10, "granted ahead");
     for w in &ahead {
-        assert_eq!(w.claimed_at, at(950));
+        assert_eq!(w.claimed_at, at(1000 - lead));
         assert_eq!(
             w.not_before,
             Some(at(1000)),
             "starts when the first grant leaves the window"
         );
     }
-    // Full until t0 + 2 s: 300 ms before that is outside the horizon, nothing is granted.
-    assert!(claim(1700).await.is_empty(), "no grant beyond the horizon");
+    // Full until t0 + 2 s: 200 ms more than the horizon before that, nothing is granted.
+    assert!(
+        claim(2000 - horizon - 200).await.is_empty(),
+        "no grant beyond the horizon"
+    );
     let log: (Vec<DateTime<Utc>>, Vec<i32>) = {
         let r = c
             .query_one(
@@ -343,7 +347,7 @@ async fn a_full_rate_window_is_granted_ahead_only_within_the_horizon_and_at_the_
         "the log records the grant at its instant"
     );
     assert_eq!(
-        claim(1950).await.len(),
+        claim(2000 - lead).await.len(),
         10,
         "and the next one 50 ms before t0 + 2 s"
     );

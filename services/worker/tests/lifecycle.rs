@@ -342,6 +342,15 @@ async fn slow_work_is_spread_over_idle_workers_instead_of_queued_behind_one() {
     );
 }
 
+/// A client of the private cluster's `orrery` database (a new one after each restart).
+async fn connect_to(pg: &orrery_testing::PrivatePostgres) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&pg.url("orrery"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
 #[tokio::test]
 async fn a_postgresql_crash_under_running_work_loses_nothing_and_runs_nothing_twice() {
     let pg = orrery_testing::PrivatePostgres::start();
@@ -357,13 +366,7 @@ async fn a_postgresql_crash_under_running_work_loses_nothing_and_runs_nothing_tw
     let worker =
         orrery_testing::Service::start("orrery-worker", orrery_testing::free_port(), &env).await;
     worker.wait_ready(WAIT).await;
-    let connect = || async {
-        let (client, conn) = tokio_postgres::connect(&pg.url("orrery"), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
-    };
+    let connect = || connect_to(&pg);
     let c = connect().await;
     let task = insert_task(&c, sleeper(1.0)).await;
     insert_many(&c, task, 4).await;
@@ -439,13 +442,7 @@ async fn a_claim_lost_in_a_crash_never_lends_its_fencing_tokens_to_the_next_clai
     let pg = orrery_testing::PrivatePostgres::start();
     pg.create_database("orrery").await;
     orrery::db::migrate(&pg.url("orrery")).await.unwrap();
-    let connect = || async {
-        let (client, conn) = tokio_postgres::connect(&pg.url("orrery"), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
-    };
+    let connect = || connect_to(&pg);
     let c = connect().await;
     for sql in [
         "ALTER SYSTEM SET wal_writer_delay = '10s'",

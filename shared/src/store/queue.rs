@@ -50,10 +50,10 @@ pub struct ClaimedWork {
     pub not_before: Option<DateTime<Utc>>,
 }
 
-/// How far ahead a full rate window of a queue (without a per-key limit) is granted: the `0.1` passed to
-/// `queue_flow_grant` in [`CLAIM_FLOW_SQL`] (migration V12).
+/// How far ahead a full rate window of a queue (without a per-key limit) is granted: `$7` of
+/// [`CLAIM_FLOW_SQL`], passed to `queue_flow_grant` (migration V12).
 pub const GRANT_AHEAD_SECONDS: f64 = 0.1;
-/// How much earlier than a queue window's `next_room` an idle worker claims ([`NEXT_WAKE_SQL`]): within the
+/// How much earlier than a queue window's `next_room` an idle worker claims (`$3` of [`NEXT_WAKE_SQL`]): within the
 /// horizon, so that the claim finds the room granted ahead and the rows start on the instant.
 pub const GRANT_LEAD_SECONDS: f64 = 0.05;
 
@@ -497,7 +497,8 @@ pub const CLAIM_SERVED_SQL: &str = claim_full!(
 /// `INSERT ... ON CONFLICT DO UPDATE`, so concurrent claimers serialize on that row and never both take the last
 /// unit). Rows refused stay pending untouched (`flow_wait`). A start granted by its key but refused by its
 /// queue (a race between claimers) still counts in its key's window: limits are never exceeded, and only then
-/// under-used. $1..$5 as [`CLAIM_SQL`], $6 the queues served (NULL = all).
+/// under-used. $1..$5 as [`CLAIM_SQL`], $6 the queues served (NULL = all), $7
+/// [`GRANT_AHEAD_SECONDS`].
 pub const CLAIM_FLOW_SQL: &str = concat!(
     r#"
 WITH clock AS (SELECT coalesce($4::timestamptz, now()) AS now),
@@ -512,7 +513,7 @@ open AS (
                  coalesce(q.rate_limit
                           - (SELECT coalesce(sum(x.n), 0) FROM unnest(f.start_at, f.start_n) AS x(s, n)
                               WHERE x.s > (SELECT now FROM clock)
-                                          + CASE WHEN q.key_rate_limit IS NULL THEN interval '0.1 seconds'
+                                          + CASE WHEN q.key_rate_limit IS NULL THEN make_interval(secs => $7)
                                                  ELSE interval '0' END
                                           - make_interval(secs => q.rate_period_seconds)),
                           $3::bigint)) AS room
@@ -604,7 +605,7 @@ queue_grant AS (
                   queue_flow_grant(f.running, f.running_until, f.start_at, f.start_n, excluded.asked,
                                    q.max_concurrency, q.rate_limit, q.rate_period_seconds,
                                    $2, coalesce($4::timestamptz, clock_timestamp()),
-                                   CASE WHEN q.key_rate_limit IS NULL THEN 0.1 ELSE 0 END) g
+                                   CASE WHEN q.key_rate_limit IS NULL THEN $7::float8 ELSE 0 END) g
             WHERE q.name = excluded.queue)
     RETURNING f.queue, f.asked[1:f.granted] AS granted_ids,
               CASE WHEN f.granted > 0 THEN f.start_at[cardinality(f.start_at)] END AS granted_at
@@ -755,6 +756,7 @@ pub async fn claim_batch(
                     &clock,
                     &catchup_limit,
                     &queues,
+                    &GRANT_AHEAD_SECONDS,
                 ],
             )
             .await?;
@@ -1333,7 +1335,7 @@ SELECT extract(epoch FROM (
         (SELECT min(w.at)
            FROM queue_flow f
            LEFT JOIN queue q ON q.name = f.queue,
-                LATERAL (SELECT f.next_room - CASE WHEN q.key_rate_limit IS NULL THEN interval '0.05 seconds'
+                LATERAL (SELECT f.next_room - CASE WHEN q.key_rate_limit IS NULL THEN make_interval(secs => $3)
                                                    ELSE interval '0' END AS at) w
           WHERE f.rate_key = '' AND f.next_room IS NOT NULL
             AND w.at > (SELECT now FROM clock) - make_interval(secs => $2)),
@@ -1355,7 +1357,9 @@ pub async fn seconds_until_next_wake(
     since: f64,
 ) -> Result<(Option<f64>, Option<f64>), tokio_postgres::Error> {
     let stmt = client.prepare_cached(NEXT_WAKE_SQL).await?;
-    let row = client.query_one(&stmt, &[&clock, &since]).await?;
+    let row = client
+        .query_one(&stmt, &[&clock, &since, &GRANT_LEAD_SECONDS])
+        .await?;
     Ok((row.get("seconds"), row.get("room_seconds")))
 }
 
