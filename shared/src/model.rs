@@ -13,6 +13,8 @@ macro_rules! string_enum {
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// The stored spellings, in declaration order.
+            pub const NAMES: &'static [&'static str] = &[$($text),+];
 
             pub fn as_str(&self) -> &'static str {
                 match self { $($name::$variant => $text),+ }
@@ -70,6 +72,10 @@ string_enum!(
 string_enum!(
     /// What to do with a fire while a run of the same task is leased.
     Overlap { Allow => "allow", Skip => "skip", Queue => "queue" }
+);
+string_enum!(
+    /// When a dependent runs after its parent's final run: it succeeded, it is dead, or either.
+    DependencyCondition { Success => "success", Failure => "failure", Any => "any" }
 );
 string_enum!(Trigger { Schedule => "schedule", Manual => "manual", Event => "event", Retry => "retry", Dependency => "dependency" });
 string_enum!(

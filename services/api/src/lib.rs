@@ -1,6 +1,7 @@
 //! orrery-api: the REST contract on :8080.
 
 pub mod auth;
+pub mod body;
 pub mod db;
 pub mod error;
 pub mod input;

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use orrery::model::{BackoffStrategy, Catchup, Overlap, TaskStatus};
+use orrery::schedule::ScheduleKind;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_postgres::Row;
@@ -83,7 +84,8 @@ pub struct Task {
     pub description: String,
     pub created_by: Uuid,
     /// cron, rrule, once or event.
-    pub schedule_kind: String,
+    #[schema(value_type = String, pattern = "^(cron|rrule|once|event)$")]
+    pub schedule_kind: ScheduleKind,
     pub schedule_expr: String,
     pub timezone: String,
     /// `{"params": {...}, "pipeline": [step, ...]}`.

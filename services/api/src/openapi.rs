@@ -41,7 +41,7 @@ impl Modify for BearerAuth {
         health::live, health::ready, health::health, health::metrics,
         crate::ui::api::me, crate::ui::api::overview, crate::ui::api::tasks, crate::ui::api::facets, crate::ui::api::task_runs, crate::ui::api::attempts, crate::ui::api::task_timeline, crate::ui::api::dead, crate::ui::stream::stream,
     ),
-    components(schemas(crate::error::FieldError, crate::models::Dependency, crate::models::RunParent, crate::models::RunChild, tasks::AfterInput)),
+    components(schemas(crate::error::FieldError, crate::models::Dependency, crate::models::RunParent, crate::models::RunChild)),
     tags((name = "tasks"), (name = "agents"), (name = "runs"), (name = "queue"), (name = "jobs"), (name = "events"), (name = "audit"), (name = "secrets"), (name = "health"))
 )]
 pub struct ApiDoc;

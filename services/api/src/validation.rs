@@ -17,24 +17,18 @@ pub use orrery::schedule::PREVIEW_HORIZON_YEARS;
 /// Longest accepted schedule expression (the schema's CHECK counts characters after trimming spaces).
 pub const MAX_EXPR_CHARS: usize = 4000;
 
-pub fn parse_kind(kind: &str) -> Result<ScheduleKind, FieldError> {
-    kind.parse::<ScheduleKind>()
-        .map_err(|e| FieldError::new("schedule_kind", e.message))
-}
-
 pub fn parse_timezone(name: &str) -> Result<Tz, FieldError> {
     schedule::parse_timezone(name).map_err(|e| FieldError::new("timezone", e.message))
 }
 
 /// Parses a schedule, naming the field at fault (`schedule_kind`, `timezone` or `schedule_expr`).
 pub fn parse_schedule(
-    kind: &str,
+    kind: ScheduleKind,
     expr: &str,
     timezone: &str,
     anchor: DateTime<Utc>,
 ) -> Result<Schedule, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let kind = parse_kind(kind).map_err(|e| errors.push(e)).ok();
     let tz = parse_timezone(timezone).map_err(|e| errors.push(e)).ok();
     let trimmed = expr.trim_matches(' ');
     if trimmed.is_empty() {
@@ -50,7 +44,7 @@ pub fn parse_schedule(
             "must not contain NUL characters",
         ));
     }
-    let (Some(kind), Some(tz), true) = (kind, tz, errors.is_empty()) else {
+    let (Some(tz), true) = (tz, errors.is_empty()) else {
         return Err(errors);
     };
     match catch_unwind(AssertUnwindSafe(|| Schedule::parse(kind, expr, tz, anchor))) {

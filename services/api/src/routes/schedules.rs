@@ -1,36 +1,34 @@
 //! POST /schedules/preview: a schedule's next fires, nothing stored.
 
 use actix_web::{web, HttpResponse};
-use chrono::Utc;
 use orrery::model::Scope;
-use serde::Deserialize;
-use utoipa::ToSchema;
+use orrery::schedule::ScheduleKind;
+use serde_json::json;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult, ErrorEnvelope, FieldError};
-use crate::input::{parse_instant, Fields, JsonBody, Opt};
+use crate::body::{read_body, request_body, Choice, Field, Instant, Int, Nullable, ReadOnly, Text};
+use crate::error::{ApiError, ApiResult, ErrorEnvelope};
+use crate::input::JsonBody;
 use crate::models::Fires;
 use crate::state::AppState;
 use crate::validation;
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct PreviewRequest {
-    /// cron, rrule, once or event.
-    #[schema(example = "cron", pattern = "^(cron|rrule|once|event)$")]
-    schedule_kind: String,
-    #[schema(example = "0 9 * * MON-FRI")]
-    schedule_expr: String,
-    /// IANA time zone (default: TZ).
-    #[schema(example = "Europe/Berlin")]
-    timezone: Option<String>,
-    /// 1..1000 (default 10).
-    #[schema(minimum = 1, maximum = 1000)]
-    count: Option<i32>,
-    /// RFC 3339; fires strictly after it (default now). A bare RRULE is anchored at local midnight of this day.
-    after: Option<String>,
-}
+request_body!(
+    /// Body of POST /schedules/preview.
+    pub struct PreviewRequest required ["schedule_kind", "schedule_expr"] {
+        /// cron, rrule, once or event.
+        schedule_kind: Field<Choice<ScheduleKind>> = example json!("cron"),
+        /// The expression, as a task's `schedule_expr`.
+        schedule_expr: Field<Text<1, { validation::MAX_EXPR_CHARS }>> = example json!("0 9 * * MON-FRI"),
+        /// IANA time zone (default: TZ).
+        timezone: Field<Text<1, 64>> = example json!("Europe/Berlin"),
+        /// How many fires (default 10).
+        count: Field<Int<1, 1000>>,
+        /// Fires strictly after this instant (default now). A bare RRULE is anchored at local midnight of this
+        /// day.
+        after: Nullable<Instant>,
+    }
+);
 
 #[utoipa::path(post, path = "/schedules/preview", tag = "tasks", request_body = PreviewRequest,
     description = "The next `count` fires strictly after `after`, looking at most 12 years ahead: fewer fires than asked means the rule is exhausted or sparser than that.",
@@ -44,47 +42,23 @@ pub async fn preview(
     body: JsonBody,
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::TasksRead)?;
-    let mut f = Fields::object(
-        &body.0,
-        &[
-            "schedule_kind",
-            "schedule_expr",
-            "timezone",
-            "count",
-            "after",
-        ],
-    )?;
-    let kind = f.string("schedule_kind", 1, 20, false);
-    f.require("schedule_kind", &kind);
-    let expr = f.string("schedule_expr", 1, 100_000, false);
-    f.require("schedule_expr", &expr);
-    let timezone = f.string("timezone", 1, 64, false);
-    let count = f.int("count", 1, 1000);
-    let after = match f.string("after", 1, 64, true) {
-        Opt::Set(s) => match parse_instant(&s) {
-            Some(t) => Some(t),
-            None => {
-                f.errors.push(FieldError::new(
-                    "after",
-                    "must be an RFC 3339 instant between the years 1 and 9999",
-                ));
-                None
-            }
-        },
-        _ => None,
+    let body = read_body::<PreviewRequest>(&body.0, &[], &ReadOnly::NONE)?;
+    let (Field::Set(Choice(kind)), Field::Set(Text(expr))) =
+        (body.schedule_kind, body.schedule_expr)
+    else {
+        return Err(ApiError::field("schedule_kind", "is required"));
     };
-    f.finish()?;
-    let after = after.unwrap_or_else(Utc::now);
-    let timezone = timezone
-        .set()
-        .unwrap_or_else(|| state.settings.default_timezone().name().to_string());
-    let schedule = validation::parse_schedule(
-        &kind.set().unwrap_or_default(),
-        &expr.set().unwrap_or_default(),
-        &timezone,
-        after,
-    )
-    .map_err(ApiError::Validation)?;
-    let fires = validation::next_fires(&schedule, after, count.set().unwrap_or(10) as usize);
+    let after = match body.after {
+        Nullable::Set(Instant(t)) => t,
+        _ => state.clock.now(),
+    };
+    let timezone = body.timezone.set().map_or_else(
+        || state.settings.default_timezone().name().to_string(),
+        |Text(tz)| tz,
+    );
+    let schedule =
+        validation::parse_schedule(kind, &expr, &timezone, after).map_err(ApiError::Validation)?;
+    let count = body.count.set().map_or(10, |Int(n)| n as usize);
+    let fires = validation::next_fires(&schedule, after, count);
     Ok(HttpResponse::Ok().json(validation::fires_json(&schedule, &fires)))
 }

@@ -3,465 +3,318 @@
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Duration, Utc};
 use orrery::lifecycle::{Action, Outcome, PendingWork};
-use orrery::model::{BackoffStrategy, Catchup, Overlap, Scope, TaskStatus, Trigger};
+use orrery::model::{
+    BackoffStrategy, Catchup, DependencyCondition, Overlap, Scope, TaskStatus, Trigger,
+};
 use orrery::schedule::{Schedule, ScheduleKind};
 use orrery::store::{
     self,
     work::{self, NewWork, Ready},
 };
-use serde::Deserialize;
 use serde_json::{json, Value};
-use utoipa::ToSchema;
+use utoipa::openapi::schema::Schema;
 use uuid::Uuid;
 
 use super::{announce_task_change, wake_workers};
 use crate::auth::Caller;
+use crate::body::{
+    self, named_schema, read_body, request_body, Choice, Field, FieldValue, Id, Instant, Int,
+    JsonObject, List, Name, NameRule, Nullable, ReadOnly, Text,
+};
 use crate::db::{self, tasks::Cursor, tasks::TaskValues};
 use crate::error::{ApiError, ApiResult, ErrorEnvelope, FieldError};
-use crate::input::{
-    parse_instant, path_uuid, Fields, JsonBody, Opt, OptionalJsonBody, Page, QueryParams,
-};
+use crate::input::{path_uuid, JsonBody, OptionalJsonBody, Page, QueryParams};
 use crate::models::{
     BackfillReport, Fires, RunNowAccepted, Snoozed, Task, TaskPage, TaskRow, TaskTransition,
 };
 use crate::state::AppState;
 use crate::validation;
 
-const WRITABLE: &[&str] = &[
-    "name",
-    "title",
-    "description",
-    "schedule_kind",
-    "schedule_expr",
-    "timezone",
-    "payload",
-    "priority",
-    "dedupe_key",
-    "dedupe_window_seconds",
-    "max_retries",
-    "backoff_strategy",
-    "concurrency_key",
-    "timeout_seconds",
-    "misfire_grace_seconds",
-    "catchup",
-    "overlap",
-    "queue",
-    "rate_key",
-    "created_by",
-    "after",
-];
-const READ_ONLY: &[&str] = &["id", "status", "created_at", "updated_at", "next_run_at"];
-
-/// Body of POST /tasks (PATCH and PUT take the same fields, all optional).
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct TaskCreate {
-    /// Optional stable name, unique per owner among existing tasks (duplicate → 409): 1..100 characters of
-    /// `A-Za-z0-9._-`. Tasks-as-code files (`orrery apply`) find their task by it.
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,100}$", example = "nightly-report")]
-    name: Option<String>,
-    /// 1..200 characters.
-    #[schema(min_length = 1, max_length = 200)]
-    title: String,
-    #[schema(max_length = 2000)]
-    description: Option<String>,
-    /// cron, rrule, once or event.
-    #[schema(example = "cron")]
-    #[schema(pattern = "^(cron|rrule|once|event)$")]
-    schedule_kind: String,
-    /// A 5-field cron expression or macro, an RFC 5545 rule, an RFC 3339 instant or a topic pattern.
-    #[schema(example = "*/5 * * * *")]
-    schedule_expr: String,
-    /// IANA time zone name (default: TZ).
-    #[schema(example = "UTC")]
-    timezone: Option<String>,
-    /// `{"params": {...}, "pipeline": [{"id", "uses", "with", "save_as", "if", "timeout_seconds"}]}`; both keys are
-    /// optional and the whole payload defaults to `{"params": {}, "pipeline": []}` (see docs/pipelines.md).
-    #[schema(value_type = Option<Object>, example = json!({"params": {}, "pipeline": [{"id": "ping", "uses": "noop"}]}))]
-    payload: Option<Value>,
-    #[schema(minimum = 1, maximum = 9)]
-    priority: Option<i32>,
-    #[schema(min_length = 1, max_length = 100)]
-    dedupe_key: Option<String>,
-    #[schema(minimum = 0)]
-    dedupe_window_seconds: Option<i32>,
-    #[schema(minimum = 0, maximum = 10)]
-    max_retries: Option<i32>,
-    /// exponential_jitter, linear or fixed.
-    #[schema(pattern = "^(exponential_jitter|linear|fixed)$")]
-    backoff_strategy: Option<String>,
-    #[schema(min_length = 1, max_length = 100)]
-    concurrency_key: Option<String>,
-    #[schema(minimum = 1, maximum = 86400)]
-    timeout_seconds: Option<i32>,
-    #[schema(minimum = 0)]
-    misfire_grace_seconds: Option<i32>,
-    /// skip, latest or all.
-    #[schema(pattern = "^(skip|latest|all)$")]
-    catchup: Option<String>,
-    /// allow, skip or queue.
-    #[schema(pattern = "^(allow|skip|queue)$")]
-    overlap: Option<String>,
-    /// The queue its runs wait in (default `default`): 1..64 of `A-Za-z0-9._-`. A queue named for the first
-    /// time is created without limits (see /queues and docs/flow-control.md).
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$", example = "default")]
-    queue: Option<String>,
-    /// Template of each run's rate key, e.g. `customer-${params.customer_id}` (1..200 characters; placeholders
-    /// `${params.PATH}` and `${event.PATH}` only), limited by the queue's `key_rate_limit`; null = none.
-    #[schema(example = "customer-${params.customer_id}")]
-    rate_key: Option<String>,
-    /// Admins may create a task on behalf of another agent.
-    created_by: Option<Uuid>,
-    /// Tasks this one runs after (at most 1000, each parent once; see docs/flow-control.md#dependencies).
-    #[schema(max_items = 1000)]
-    after: Option<Vec<AfterInput>>,
-}
-
-/// One entry of `after` as written.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct AfterInput {
-    /// The parent: a task id, or the name of a task of the same owner. It must exist and not be canceled.
-    #[schema(min_length = 1, max_length = 100, example = "extract")]
-    task: String,
-    /// success (default), failure (the parent is dead: retries exhausted or a permanent error) or any.
-    #[schema(pattern = "^(success|failure|any)$")]
-    condition: Option<String>,
-    /// Templates over the parent's final run, rendered into this task's params for the dependent run, e.g.
-    /// `{"file": "${steps.export.body.path}"}`. Template roots: params, steps, task, run.
-    #[schema(value_type = Option<Object>)]
-    params: Option<Value>,
-}
-
-/// Body of PATCH/PUT /tasks/{id}: any subset of the task's writable fields.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct TaskPatch {
-    /// null removes the name.
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,100}$")]
-    name: Option<String>,
-    #[schema(min_length = 1, max_length = 200)]
-    title: Option<String>,
-    #[schema(max_length = 2000)]
-    description: Option<String>,
-    #[schema(pattern = "^(cron|rrule|once|event)$")]
-    schedule_kind: Option<String>,
-    schedule_expr: Option<String>,
-    timezone: Option<String>,
-    #[schema(value_type = Option<Object>)]
-    payload: Option<Value>,
-    #[schema(minimum = 1, maximum = 9)]
-    priority: Option<i32>,
-    #[schema(min_length = 1, max_length = 100)]
-    dedupe_key: Option<String>,
-    #[schema(minimum = 0)]
-    dedupe_window_seconds: Option<i32>,
-    #[schema(minimum = 0, maximum = 10)]
-    max_retries: Option<i32>,
-    #[schema(pattern = "^(exponential_jitter|linear|fixed)$")]
-    backoff_strategy: Option<String>,
-    #[schema(min_length = 1, max_length = 100)]
-    concurrency_key: Option<String>,
-    #[schema(minimum = 1, maximum = 86400)]
-    timeout_seconds: Option<i32>,
-    #[schema(minimum = 0)]
-    misfire_grace_seconds: Option<i32>,
-    #[schema(pattern = "^(skip|latest|all)$")]
-    catchup: Option<String>,
-    #[schema(pattern = "^(allow|skip|queue)$")]
-    overlap: Option<String>,
-    /// Moves the task's pending runs that no worker holds to this queue.
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
-    queue: Option<String>,
-    /// Re-renders the rate key of the task's pending runs that no worker holds; null removes it.
-    rate_key: Option<String>,
-    created_by: Option<Uuid>,
-    /// Replaces the task's `after` (null or [] removes every dependency). A change that would close a cycle is
-    /// a 422 naming the entry and the cycle.
-    #[schema(max_items = 1000)]
-    after: Option<Vec<AfterInput>>,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct RunNowBody {
-    /// Merged over the task's params for this run.
-    #[schema(value_type = Option<Object>)]
-    params: Option<Value>,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct BackfillBody {
-    /// RFC 3339; the window's start (inclusive).
-    #[schema(example = "2026-11-01T00:00:00Z")]
-    from: String,
-    /// RFC 3339; the window's end (exclusive), not after now.
-    #[schema(example = "2026-11-08T00:00:00Z")]
-    to: String,
-    /// 1..1000 (default 1000): most fires materialized by one call.
-    #[schema(minimum = 1, maximum = 1000)]
-    max_fires: Option<i32>,
-}
+/// Most parents of one task.
+pub const MAX_AFTER: usize = 1000;
 
 /// Most fires one backfill call materializes.
 pub const BACKFILL_MAX_FIRES: i64 = 1000;
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct SnoozeBody {
-    #[schema(minimum = 1, maximum = 604800)]
-    delay_seconds: i32,
-}
-
-/// The fields of a task body, read one by one.
-struct TaskInput {
-    name: Opt<String>,
-    title: Opt<String>,
-    description: Opt<String>,
-    schedule_kind: Opt<String>,
-    schedule_expr: Opt<String>,
-    timezone: Opt<String>,
-    payload: Opt<Value>,
-    priority: Opt<i64>,
-    dedupe_key: Opt<String>,
-    dedupe_window_seconds: Opt<i64>,
-    max_retries: Opt<i64>,
-    backoff_strategy: Opt<BackoffStrategy>,
-    concurrency_key: Opt<String>,
-    timeout_seconds: Opt<i64>,
-    misfire_grace_seconds: Opt<i64>,
-    catchup: Opt<Catchup>,
-    overlap: Opt<Overlap>,
-    queue: Opt<String>,
-    rate_key: Opt<String>,
-    created_by: Opt<Uuid>,
-    after: Opt<Vec<AfterDecl>>,
-}
-
-/// One `after` entry, checked for shape (the parent is resolved against the database later).
-struct AfterDecl {
-    task: String,
-    condition: String,
-    params: Option<Value>,
-}
-
-/// Most parents of one task.
-pub const MAX_AFTER: usize = 1000;
-
-fn read_after(f: &mut Fields) -> Opt<Vec<AfterDecl>> {
-    let items = match f.raw("after") {
-        None => return Opt::Absent,
-        Some(Value::Null) => return Opt::Null,
-        Some(Value::Array(items)) => items,
-        Some(_) => {
-            f.errors.push(FieldError::new(
-                "after",
-                "must be an array of {task, condition?, params?}",
-            ));
-            return Opt::Absent;
-        }
-    };
-    if items.len() > MAX_AFTER {
-        f.errors.push(FieldError::new(
-            "after",
-            format!("at most {MAX_AFTER} parents"),
-        ));
-        return Opt::Absent;
-    }
-    let mut out = Vec::with_capacity(items.len());
-    let errors_before = f.errors.len();
-    for (i, item) in items.iter().enumerate() {
-        let path = format!("after[{i}]");
-        let Some(obj) = item.as_object() else {
-            f.errors.push(FieldError::new(
-                &path,
-                "must be an object {task, condition?, params?}",
-            ));
-            continue;
-        };
-        for key in obj.keys() {
-            if !["task", "condition", "params"].contains(&key.as_str()) {
-                f.errors.push(FieldError::new(
-                    format!("{path}.{key}"),
-                    "unknown field (expected task, condition, params)",
-                ));
-            }
-        }
-        let task = match obj.get("task") {
-            Some(Value::String(t)) if Uuid::parse_str(t).is_ok() || valid_name(t) => t.clone(),
-            Some(Value::String(_)) => {
-                f.errors.push(FieldError::new(
-                    format!("{path}.task"),
-                    format!("must be a task id or a task name ({NAME_RULE})"),
-                ));
-                continue;
-            }
-            None | Some(Value::Null) => {
-                f.errors
-                    .push(FieldError::new(format!("{path}.task"), "is required"));
-                continue;
-            }
-            Some(_) => {
-                f.errors.push(FieldError::new(
-                    format!("{path}.task"),
-                    "must be a string: a task id or a task name",
-                ));
-                continue;
-            }
-        };
-        let condition = match obj.get("condition") {
-            None | Some(Value::Null) => "success".to_string(),
-            Some(Value::String(c)) if ["success", "failure", "any"].contains(&c.as_str()) => {
-                c.clone()
-            }
-            Some(_) => {
-                f.errors.push(FieldError::new(
-                    format!("{path}.condition"),
-                    "must be one of success, failure, any",
-                ));
-                continue;
-            }
-        };
-        let params = match obj.get("params") {
-            None | Some(Value::Null) => None,
-            Some(p @ Value::Object(_)) => {
-                let problems = orrery::pipeline::template_errors(p, &format!("{path}.params"));
-                // PostgreSQL cannot store a NUL character.
-                if let Some(nul) = crate::input::find_nul(p, &format!("{path}.params")) {
-                    f.errors
-                        .push(FieldError::new(nul, "must not contain NUL characters"));
-                    continue;
-                }
-                for e in problems {
-                    f.errors.push(FieldError::new(e.field, e.message));
-                }
-                Some(p.clone())
-            }
-            Some(_) => {
-                f.errors.push(FieldError::new(
-                    format!("{path}.params"),
-                    "must be an object of templates over the parent's run",
-                ));
-                continue;
-            }
-        };
-        out.push(AfterDecl {
-            task,
-            condition,
-            params,
-        });
-    }
-    if f.errors.len() > errors_before {
-        return Opt::Absent;
-    }
-    Opt::Set(out)
-}
-
-fn read_input(body: &Value, creating: bool) -> ApiResult<TaskInput> {
-    let mut allowed: Vec<&str> = WRITABLE.to_vec();
-    allowed.extend_from_slice(READ_ONLY);
-    let mut f = Fields::object(body, &allowed)?;
-    for key in READ_ONLY {
-        if f.raw(key).is_some() {
-            f.errors.push(FieldError::new(
-                *key,
-                "is read-only (use the lifecycle actions to change status)",
-            ));
-        }
-    }
-    let name = read_name(&mut f);
-    let input = TaskInput {
-        name,
-        title: f.string("title", 1, 200, false),
-        description: f.string("description", 0, 2000, false),
-        schedule_kind: f.string("schedule_kind", 1, 20, false),
-        schedule_expr: f.string("schedule_expr", 1, 100_000, false),
-        timezone: f.string("timezone", 1, 64, false),
-        payload: f.object_value("payload", false),
-        priority: f.int("priority", 1, 9),
-        dedupe_key: f.string("dedupe_key", 1, 100, true),
-        dedupe_window_seconds: f.int("dedupe_window_seconds", 0, i32::MAX as i64),
-        max_retries: f.int("max_retries", 0, 10),
-        backoff_strategy: f.parsed("backoff_strategy"),
-        concurrency_key: f.string("concurrency_key", 1, 100, true),
-        timeout_seconds: f.int("timeout_seconds", 1, 86_400),
-        misfire_grace_seconds: f.int("misfire_grace_seconds", 0, i32::MAX as i64),
-        catchup: f.parsed("catchup"),
-        overlap: f.parsed("overlap"),
-        queue: read_queue(&mut f),
-        rate_key: read_rate_key(&mut f),
-        created_by: f.uuid("created_by"),
-        after: read_after(&mut f),
-    };
-    if creating {
-        for (name, absent) in [
-            ("title", input.title.is_absent()),
-            ("schedule_kind", input.schedule_kind.is_absent()),
-            ("schedule_expr", input.schedule_expr.is_absent()),
-        ] {
-            if absent && f.raw(name).is_none() {
-                f.errors.push(FieldError::new(name, "is required"));
-            }
-        }
-    }
-    f.finish()?;
-    Ok(input)
-}
-
 const NAME_RULE: &str =
     "must be 1 to 100 characters, each a letter (A-Z, a-z), a digit, '.', '_' or '-'";
 
-/// A task name: `^[A-Za-z0-9._-]{1,100}$` (the same rule as the column's CHECK).
-pub fn valid_name(s: &str) -> bool {
-    (1..=100).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+/// The rule of task names: `^[A-Za-z0-9._-]{1,100}$` (the same as the column's CHECK).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskNameRule;
+
+impl NameRule for TaskNameRule {
+    const MAX: usize = 100;
+    const RULE: &'static str = NAME_RULE;
 }
 
-fn read_name(f: &mut Fields) -> Opt<String> {
-    match f.raw("name") {
-        None => Opt::Absent,
-        Some(Value::Null) => Opt::Null,
-        Some(Value::String(s)) if valid_name(s) => Opt::Set(s.clone()),
-        Some(Value::String(_)) => {
-            f.errors.push(FieldError::new("name", NAME_RULE));
-            Opt::Absent
+/// The rule of queue names: `^[A-Za-z0-9._-]{1,64}$` (`orrery::config::valid_queue_name`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueNameRule;
+
+impl NameRule for QueueNameRule {
+    const MAX: usize = 64;
+    const RULE: &'static str =
+        "must be a string of 1 to 64 characters, each a letter (A-Z, a-z), a digit, '.', '_' or '-'";
+}
+
+pub type TaskName = Name<TaskNameRule>;
+
+/// A task name: `^[A-Za-z0-9._-]{1,100}$` (the same rule as the column's CHECK).
+pub fn valid_name(s: &str) -> bool {
+    TaskName::valid(s)
+}
+
+/// The fields every new task needs.
+const CREATE_REQUIRED: &[&str] = &["title", "schedule_kind", "schedule_expr"];
+
+/// Fields of a task a client reads but never writes.
+const TASK_READ_ONLY: ReadOnly = ReadOnly {
+    fields: &["id", "status", "created_at", "updated_at", "next_run_at"],
+    message: "is read-only (use the lifecycle actions to change status)",
+};
+
+request_body!(
+    /// The writable fields of a task: the body of POST /tasks (title, schedule_kind and schedule_expr
+    /// required) and of PATCH/PUT /tasks/{id} (any subset). Every field is typed; a body with problems is one
+    /// 422 naming each field at fault.
+    pub struct TaskBody {
+        /// Optional stable name, unique per owner among existing tasks (duplicate → 409): 1..100 characters of
+        /// `A-Za-z0-9._-`. Tasks-as-code files (`orrery apply`) find their task by it. null removes it.
+        name: Nullable<TaskName> = example json!("nightly-report"),
+        title: Field<Text<1, 200>>,
+        description: Field<Text<0, 2000>>,
+        /// cron, rrule, once or event.
+        schedule_kind: Field<Choice<ScheduleKind>> = example json!("cron"),
+        /// A 5-field cron expression or macro, an RFC 5545 rule, an RFC 3339 instant or a topic pattern.
+        schedule_expr: Field<Text<1, { validation::MAX_EXPR_CHARS }>> = example json!("*/5 * * * *"),
+        /// IANA time zone name (default: TZ).
+        timezone: Field<Text<1, 64>> = example json!("UTC"),
+        /// `{"params": {...}, "pipeline": [{"id", "uses", "with", "save_as", "if", "timeout_seconds"}]}`; both
+        /// keys are optional and the whole payload defaults to `{"params": {}, "pipeline": []}` (see
+        /// docs/pipelines.md).
+        payload: Field<JsonObject>
+            = example json!({"params": {}, "pipeline": [{"id": "ping", "uses": "noop"}]}),
+        /// 1 (first) to 9 (last); default 5.
+        priority: Field<Int<1, 9>>,
+        dedupe_key: Nullable<Text<1, 100>>,
+        dedupe_window_seconds: Field<Int<0, { i32::MAX as i64 }>>,
+        max_retries: Field<Int<0, 10>>,
+        backoff_strategy: Field<Choice<BackoffStrategy>>,
+        concurrency_key: Nullable<Text<1, 100>>,
+        timeout_seconds: Field<Int<1, 86_400>>,
+        misfire_grace_seconds: Field<Int<0, { i32::MAX as i64 }>>,
+        /// What to do with fires older than the misfire grace window.
+        catchup: Field<Choice<Catchup>>,
+        /// What to do with a fire while a run of the same task is leased.
+        overlap: Field<Choice<Overlap>>,
+        /// The queue its runs wait in (default `default`). A queue named for the first time is created without
+        /// limits (see /queues and docs/flow-control.md). An edit moves the task's pending runs that no worker
+        /// holds.
+        queue: Field<Name<QueueNameRule>> = example json!("default"),
+        /// Template of each run's rate key, e.g. `customer-${params.customer_id}` (placeholders
+        /// `${params.PATH}` and `${event.PATH}` only), limited by the queue's `key_rate_limit`; null = none.
+        rate_key: Nullable<RateKey> = example json!("customer-${params.customer_id}"),
+        /// Admins may create a task on behalf of another agent.
+        created_by: Field<Id>,
+        /// Tasks this one runs after, each parent once (see docs/flow-control.md#dependencies). On an edit it
+        /// replaces the task's `after` (null or [] removes every dependency); a change that would close a cycle
+        /// is a 422 naming the entry and the cycle.
+        after: Nullable<List<AfterEntry, MAX_AFTER>>,
+    }
+);
+
+request_body!(
+    /// One entry of `after` as written.
+    pub struct AfterEntry required ["task"] {
+        /// The parent: a task id, or the name of a task of the same owner. It must exist and not be canceled.
+        task: Field<ParentRef> = example json!("extract"),
+        /// success (default), failure (the parent is dead: retries exhausted or a permanent error) or any.
+        condition: Nullable<Choice<DependencyCondition>>,
+        /// Templates over the parent's final run, rendered into this task's params for the dependent run, e.g.
+        /// `{"file": "${steps.export.body.path}"}`. Template roots: params, steps, task, run.
+        params: Nullable<Templates>,
+    }
+);
+
+named_schema!(
+    /// Body of POST /tasks.
+    pub TaskCreate = body::body_schema::<TaskBody>(
+        CREATE_REQUIRED,
+        "Body of POST /tasks: title, schedule_kind and schedule_expr are required (PATCH and PUT take the same fields, all optional).",
+    )
+);
+
+named_schema!(
+    /// Body of PATCH/PUT /tasks/{id}.
+    pub TaskPatch = body::body_schema::<TaskBody>(
+        &[],
+        "Body of PATCH/PUT /tasks/{id}: any subset of the task's writable fields.",
+    )
+);
+
+impl TaskBody {
+    /// Reads a create (`creating`: the schedule and title are required) or an edit.
+    fn read(v: &Value, creating: bool) -> ApiResult<TaskBody> {
+        let required = if creating { CREATE_REQUIRED } else { &[] };
+        read_body(v, required, &TASK_READ_ONLY)
+    }
+
+    /// The stored values after this body: set fields replace, null clears a nullable one, absent ones stay.
+    /// `after` is resolved against the database by the caller (`resolve_after`), so it is left out.
+    fn apply(self, mut v: TaskValues) -> TaskValues {
+        self.name.map(|n| n.into_string()).apply_to(&mut v.name);
+        if let Field::Set(Text(t)) = self.title {
+            v.title = t;
         }
-        Some(_) => {
-            f.errors
-                .push(FieldError::new("name", "must be a string or null"));
-            Opt::Absent
+        if let Field::Set(Text(t)) = self.description {
+            v.description = t;
         }
+        if let Field::Set(Choice(k)) = self.schedule_kind {
+            v.schedule_kind = k;
+        }
+        if let Field::Set(Text(e)) = self.schedule_expr {
+            v.schedule_expr = e;
+        }
+        if let Field::Set(Text(tz)) = self.timezone {
+            v.timezone = tz;
+        }
+        if let Field::Set(JsonObject(p)) = self.payload {
+            v.payload = p;
+        }
+        if let Field::Set(Int(p)) = self.priority {
+            v.priority = p as i16;
+        }
+        self.dedupe_key.map(|t| t.0).apply_to(&mut v.dedupe_key);
+        if let Field::Set(Int(n)) = self.dedupe_window_seconds {
+            v.dedupe_window_seconds = n as i32;
+        }
+        if let Field::Set(Int(n)) = self.max_retries {
+            v.max_retries = n as i16;
+        }
+        if let Field::Set(Choice(b)) = self.backoff_strategy {
+            v.backoff_strategy = b;
+        }
+        self.concurrency_key
+            .map(|t| t.0)
+            .apply_to(&mut v.concurrency_key);
+        if let Field::Set(Int(n)) = self.timeout_seconds {
+            v.timeout_seconds = n as i32;
+        }
+        if let Field::Set(Int(n)) = self.misfire_grace_seconds {
+            v.misfire_grace_seconds = n as i32;
+        }
+        if let Field::Set(Choice(c)) = self.catchup {
+            v.catchup = c;
+        }
+        if let Field::Set(Choice(o)) = self.overlap {
+            v.overlap = o;
+        }
+        if let Field::Set(q) = self.queue {
+            v.queue = q.into_string();
+        }
+        self.rate_key.map(|r| r.0).apply_to(&mut v.rate_key);
+        if let Field::Set(Id(by)) = self.created_by {
+            v.created_by = by;
+        }
+        v
     }
 }
 
-/// `rate_key`: null, or a template of 1..200 characters whose placeholders are all `${params.PATH}` or
-/// `${event.PATH}` (the part the database renders, `orrery_rate_key` of migration V11).
-fn read_rate_key(f: &mut Fields) -> Opt<String> {
-    match f.raw("rate_key") {
-        None => Opt::Absent,
-        Some(Value::Null) => Opt::Null,
-        Some(Value::String(s)) => match rate_key_problem(s) {
-            None => Opt::Set(s.clone()),
-            Some(problem) => {
-                f.errors.push(FieldError::new("rate_key", problem));
-                Opt::Absent
+/// A parent named in `after`: a task id, or a task name (resolved against the database later).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParentRef(pub String);
+
+impl FieldValue for ParentRef {
+    fn read(v: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<Self> {
+        match v {
+            Value::String(t) if Uuid::parse_str(t).is_ok() || valid_name(t) => {
+                Some(ParentRef(t.clone()))
             }
-        },
-        Some(_) => {
-            f.errors.push(FieldError::new(
-                "rate_key",
+            Value::String(_) => {
+                errors.push(FieldError::new(
+                    path,
+                    format!("must be a task id or a task name ({NAME_RULE})"),
+                ));
+                None
+            }
+            _ => {
+                errors.push(FieldError::new(
+                    path,
+                    "must be a string: a task id or a task name",
+                ));
+                None
+            }
+        }
+    }
+
+    fn schema() -> Schema {
+        Schema::Object(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .min_length(Some(1))
+                .max_length(Some(100))
+                .build(),
+        )
+    }
+}
+
+/// An object of `${...}` templates over a parent's final run (`after[i].params`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Templates(pub Value);
+
+impl FieldValue for Templates {
+    fn read(v: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<Self> {
+        if !v.is_object() {
+            errors.push(FieldError::new(
+                path,
+                "must be an object of templates over the parent's run",
+            ));
+            return None;
+        }
+        let problems = orrery::pipeline::template_errors(v, path);
+        if problems.is_empty() {
+            Some(Templates(v.clone()))
+        } else {
+            errors.extend(
+                problems
+                    .into_iter()
+                    .map(|e| FieldError::new(e.field, e.message)),
+            );
+            None
+        }
+    }
+
+    fn schema() -> Schema {
+        JsonObject::schema()
+    }
+}
+
+/// `rate_key`: a template of 1..200 characters whose placeholders are all `${params.PATH}` or `${event.PATH}`
+/// (the part the database renders, `orrery_rate_key` of migration V11).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateKey(pub String);
+
+impl FieldValue for RateKey {
+    fn read(v: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<Self> {
+        let Value::String(s) = v else {
+            errors.push(FieldError::new(
+                path,
                 "must be a template string (e.g. \"customer-${params.customer_id}\") or null",
             ));
-            Opt::Absent
+            return None;
+        };
+        match rate_key_problem(s) {
+            None => Some(RateKey(s.clone())),
+            Some(problem) => {
+                errors.push(FieldError::new(path, problem));
+                None
+            }
         }
+    }
+
+    fn schema() -> Schema {
+        Text::<1, 200>::schema()
     }
 }
 
@@ -495,73 +348,33 @@ fn rate_key_problem(s: &str) -> Option<String> {
     None
 }
 
-fn read_queue(f: &mut Fields) -> Opt<String> {
-    match f.raw("queue") {
-        None => Opt::Absent,
-        Some(Value::String(s)) if orrery::config::valid_queue_name(s) => Opt::Set(s.clone()),
-        Some(_) => {
-            f.errors.push(FieldError::new(
-                "queue",
-                "must be a string of 1 to 64 characters, each a letter (A-Z, a-z), a digit, '.', '_' or '-'",
-            ));
-            Opt::Absent
-        }
+request_body!(
+    /// Body of POST /tasks/{id}/run (optional).
+    pub struct RunNowBody {
+        /// Merged over the task's params for this run.
+        params: Nullable<JsonObject>,
     }
-}
+);
 
-fn merge(mut v: TaskValues, i: TaskInput) -> TaskValues {
-    fn set<T>(target: &mut T, value: Opt<T>) {
-        if let Opt::Set(x) = value {
-            *target = x;
-        }
+request_body!(
+    /// Body of POST /tasks/{id}/backfill.
+    pub struct BackfillBody required ["from", "to"] {
+        /// The window's start (inclusive).
+        from: Field<Instant> = example json!("2026-11-01T00:00:00Z"),
+        /// The window's end (exclusive), not after now.
+        to: Field<Instant> = example json!("2026-11-08T00:00:00Z"),
+        /// Most fires materialized by this call (default 1000).
+        max_fires: Field<Int<1, BACKFILL_MAX_FIRES>>,
     }
-    fn nullable<T>(target: &mut Option<T>, value: Opt<T>) {
-        match value {
-            Opt::Set(x) => *target = Some(x),
-            Opt::Null => *target = None,
-            Opt::Absent => {}
-        }
+);
+
+request_body!(
+    /// Body of POST /tasks/{id}/snooze.
+    pub struct SnoozeBody required ["delay_seconds"] {
+        /// How much later the next pending fire runs.
+        delay_seconds: Field<Int<1, 604_800>>,
     }
-    nullable(&mut v.name, i.name);
-    set(&mut v.title, i.title);
-    set(&mut v.description, i.description);
-    set(&mut v.schedule_kind, i.schedule_kind);
-    set(&mut v.schedule_expr, i.schedule_expr);
-    set(&mut v.timezone, i.timezone);
-    set(&mut v.payload, i.payload);
-    if let Opt::Set(p) = i.priority {
-        v.priority = p as i16;
-    }
-    nullable(&mut v.dedupe_key, i.dedupe_key);
-    if let Opt::Set(n) = i.dedupe_window_seconds {
-        v.dedupe_window_seconds = n as i32;
-    }
-    if let Opt::Set(n) = i.max_retries {
-        v.max_retries = n as i16;
-    }
-    if let Opt::Set(b) = i.backoff_strategy {
-        v.backoff_strategy = b;
-    }
-    nullable(&mut v.concurrency_key, i.concurrency_key);
-    if let Opt::Set(n) = i.timeout_seconds {
-        v.timeout_seconds = n as i32;
-    }
-    if let Opt::Set(n) = i.misfire_grace_seconds {
-        v.misfire_grace_seconds = n as i32;
-    }
-    if let Opt::Set(c) = i.catchup {
-        v.catchup = c;
-    }
-    if let Opt::Set(o) = i.overlap {
-        v.overlap = o;
-    }
-    set(&mut v.queue, i.queue);
-    nullable(&mut v.rate_key, i.rate_key);
-    set(&mut v.created_by, i.created_by);
-    // `after` is resolved against the database by the caller (resolve_after).
-    let _ = i.after;
-    v
-}
+);
 
 /// Resolves `after` entries (ids or names of the owner's tasks) into the stored form, with a 422 naming the
 /// entry for a parent that does not exist, is canceled, is listed twice or is the task itself.
@@ -570,7 +383,7 @@ async fn resolve_after(
     caller: &Caller,
     v: &TaskValues,
     this: Option<Uuid>,
-    decls: Vec<AfterDecl>,
+    decls: Vec<AfterEntry>,
 ) -> ApiResult<Value> {
     let mut errors = Vec::new();
     let mut stored = Vec::with_capacity(decls.len());
@@ -581,15 +394,27 @@ async fn resolve_after(
         Some(caller.agent_id)
     };
     let own_label = v.name.clone().unwrap_or_else(|| "this task".to_string());
-    for (i, d) in decls.into_iter().enumerate() {
+    for (i, entry) in decls.into_iter().enumerate() {
         let field = format!("after[{i}].task");
-        let found = match Uuid::parse_str(&d.task) {
+        // The reader only answers entries with a task (it is required).
+        let Field::Set(ParentRef(task)) = entry.task else {
+            continue;
+        };
+        let condition = match entry.condition {
+            Nullable::Set(Choice(c)) => c,
+            _ => DependencyCondition::Success,
+        };
+        let params = match entry.params {
+            Nullable::Set(Templates(p)) => Some(p),
+            _ => None,
+        };
+        let found = match Uuid::parse_str(&task) {
             Ok(id) => db::dependencies::parent_by_id(c, id, owner).await?,
-            Err(_) => db::dependencies::parent_by_name(c, v.created_by, &d.task).await?,
+            Err(_) => db::dependencies::parent_by_name(c, v.created_by, &task).await?,
         };
         let is_self = match &found {
             Some(p) => Some(p.id) == this,
-            None => v.name.as_deref() == Some(d.task.as_str()),
+            None => v.name.as_deref() == Some(task.as_str()),
         };
         if is_self {
             errors.push(FieldError::new(
@@ -601,11 +426,11 @@ async fn resolve_after(
         let Some(p) = found else {
             errors.push(FieldError::new(
                 field,
-                match Uuid::parse_str(&d.task) {
-                    Ok(_) => format!("no task with id {}", d.task),
+                match Uuid::parse_str(&task) {
+                    Ok(_) => format!("no task with id {}", task),
                     Err(_) => format!(
                         "no task named {:?} among the tasks of agent {}",
-                        d.task, v.created_by
+                        task, v.created_by
                     ),
                 },
             ));
@@ -614,23 +439,23 @@ async fn resolve_after(
         if p.status == TaskStatus::Canceled.as_str() {
             errors.push(FieldError::new(
                 field,
-                format!("task {} is canceled and never runs again", d.task),
+                format!("task {} is canceled and never runs again", task),
             ));
             continue;
         }
         if let Some(j) = seen.insert(p.id, i) {
             errors.push(FieldError::new(
                 field,
-                format!("task {} is already listed at after[{j}]", d.task),
+                format!("task {} is already listed at after[{j}]", task),
             ));
             continue;
         }
         let _ = p.name;
         stored.push(db::dependencies::stored_entry(
-            &d.task,
+            &task,
             p.id,
-            &d.condition,
-            d.params.as_ref(),
+            condition.as_str(),
+            params.as_ref(),
         ));
     }
     if errors.is_empty() {
@@ -675,7 +500,7 @@ async fn check_cycle(c: &impl db::Db, task: Uuid, after: &Value) -> ApiResult<()
 fn validate(v: &TaskValues, anchor: DateTime<Utc>) -> ApiResult<Schedule> {
     let mut errors = Vec::new();
     let schedule =
-        validation::parse_schedule(&v.schedule_kind, &v.schedule_expr, &v.timezone, anchor)
+        validation::parse_schedule(v.schedule_kind, &v.schedule_expr, &v.timezone, anchor)
             .map_err(|e| errors.extend(e))
             .ok();
     if let Err(e) = validation::validate_payload(&v.payload) {
@@ -844,13 +669,13 @@ pub async fn create(
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::TasksWrite)?;
     let dry_run = q.boolean("dry_run")?.unwrap_or(false);
-    let mut input = read_input(&body.0, true)?;
+    let mut input = TaskBody::read(&body.0, true)?;
     let defaults = TaskValues {
         name: None,
         title: String::new(),
         description: String::new(),
         created_by: caller.agent_id,
-        schedule_kind: String::new(),
+        schedule_kind: ScheduleKind::Cron,
         schedule_expr: String::new(),
         timezone: state.settings.default_timezone().name().to_string(),
         payload: json!({"params": {}, "pipeline": []}),
@@ -871,8 +696,8 @@ pub async fn create(
         queue: "default".into(),
         rate_key: None,
     };
-    let after_input = std::mem::replace(&mut input.after, Opt::Absent);
-    let mut values = merge(defaults, input);
+    let after_input = std::mem::take(&mut input.after);
+    let mut values = input.apply(defaults);
     validation::normalize_payload(&mut values.payload);
     // Validation and the cursor use this process's clock; the stored anchor and cursor use the database's
     // (the same instant to within the statement's latency).
@@ -885,7 +710,7 @@ pub async fn create(
     check_created_by(&client, &caller, values.created_by).await?;
     check_name(&client, &values, None).await?;
     // A new task has no dependents yet, so its `after` cannot close a cycle (unless it names itself).
-    if let Opt::Set(decls) = after_input {
+    if let Nullable::Set(List(decls)) = after_input {
         values.after = resolve_after(&client, &caller, &values, None, decls).await?;
     }
     if dry_run {
@@ -1019,8 +844,8 @@ pub async fn patch(
     caller.require(Scope::TasksWrite)?;
     let id = path_uuid(&path, "id")?;
     let dry_run = q.boolean("dry_run")?.unwrap_or(false);
-    let mut input = read_input(&body.0, false)?;
-    let after_input = std::mem::replace(&mut input.after, Opt::Absent);
+    let mut input = TaskBody::read(&body.0, false)?;
+    let after_input = std::mem::take(&mut input.after);
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
     // The graph lock comes before any row lock: an edit of `after` inserts edges whose foreign keys lock the
@@ -1038,7 +863,7 @@ pub async fn patch(
         )));
     }
     let before = TaskValues::from_task(&row.task);
-    let mut values = merge(before.clone(), input);
+    let mut values = input.apply(before.clone());
     validation::normalize_payload(&mut values.payload);
     let now = db::now(&tx, &state.clock).await?;
     let schedule_changed = values.schedule_kind != before.schedule_kind
@@ -1077,11 +902,11 @@ pub async fn patch(
         check_name(&tx, &values, Some(id)).await?;
     }
     match after_input {
-        Opt::Set(decls) => {
+        Nullable::Set(List(decls)) => {
             values.after = resolve_after(&tx, &caller, &values, Some(id), decls).await?;
         }
-        Opt::Null => values.after = json!([]),
-        Opt::Absent => {}
+        Nullable::Null => values.after = json!([]),
+        Nullable::Absent => {}
     }
     if values.after != before.after {
         check_cycle(&tx, id, &values.after).await?;
@@ -1263,7 +1088,7 @@ async fn transition(
         PendingWork::RestartFromNow => {
             let now = db::now(&tx, &state.clock).await?;
             let schedule = validation::parse_schedule(
-                &row.task.schedule_kind,
+                row.task.schedule_kind,
                 &row.task.schedule_expr,
                 &row.task.timezone,
                 row.schedule_anchor,
@@ -1359,12 +1184,10 @@ pub async fn run_now(
     let id = path_uuid(&path, "id")?;
     let params = match &body.0 {
         None => None,
-        Some(v) => {
-            let mut f = Fields::object(v, &["params"])?;
-            let params = f.object_value("params", true).set();
-            f.finish()?;
-            params
-        }
+        Some(v) => match read_body::<RunNowBody>(v, &[], &ReadOnly::NONE)?.params {
+            Nullable::Set(JsonObject(p)) => Some(p),
+            _ => None,
+        },
     };
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
@@ -1420,11 +1243,11 @@ pub async fn snooze(
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::TasksWrite)?;
     let id = path_uuid(&path, "id")?;
-    let mut f = Fields::object(&body.0, &["delay_seconds"])?;
-    let delay = f.int("delay_seconds", 1, 604_800);
-    f.require("delay_seconds", &delay);
-    f.finish()?;
-    let delay = delay.set().unwrap_or(1) as i32;
+    let body = read_body::<SnoozeBody>(&body.0, &[], &ReadOnly::NONE)?;
+    let Field::Set(Int(delay)) = body.delay_seconds else {
+        return Err(ApiError::field("delay_seconds", "is required"));
+    };
+    let delay = delay as i32;
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
     let row = db::tasks::lock(&tx, id, caller.owner_filter())
@@ -1448,7 +1271,7 @@ pub async fn snooze(
             None => {
                 let now = db::now(&tx, &state.clock).await?;
                 let schedule = validation::parse_schedule(
-                    &row.task.schedule_kind,
+                    row.task.schedule_kind,
                     &row.task.schedule_expr,
                     &row.task.timezone,
                     row.schedule_anchor,
@@ -1513,7 +1336,7 @@ pub async fn schedule(
     let client = state.db().await?;
     let row = visible_task(&client, &caller, id).await?;
     let s = validation::parse_schedule(
-        &row.task.schedule_kind,
+        row.task.schedule_kind,
         &row.task.schedule_expr,
         &row.task.timezone,
         row.schedule_anchor,
@@ -1537,40 +1360,14 @@ pub async fn backfill(
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::TasksWrite)?;
     let id = path_uuid(&path, "id")?;
-    let mut f = Fields::object(&body.0, &["from", "to", "max_fires"])?;
-    let instant = |f: &mut Fields, name: &str| {
-        let raw = f.string(name, 1, 64, false);
-        f.require(name, &raw);
-        match raw.set() {
-            Some(text) => {
-                let parsed = parse_instant(&text);
-                if parsed.is_none() {
-                    f.errors.push(FieldError::new(
-                        name,
-                        "must be an RFC 3339 instant between the years 1 and 9999",
-                    ));
-                }
-                parsed
-            }
-            None => None,
-        }
-    };
-    let from = instant(&mut f, "from");
-    let to = instant(&mut f, "to");
-    let max_fires = f
-        .int("max_fires", 1, BACKFILL_MAX_FIRES)
-        .set()
-        .unwrap_or(BACKFILL_MAX_FIRES);
-    if let (Some(from), Some(to)) = (from, to) {
-        if from >= to {
-            f.errors
-                .push(FieldError::new("to", "must be later than from"));
-        }
-    }
-    f.finish()?;
-    let (Some(from), Some(to)) = (from, to) else {
+    let body = read_body::<BackfillBody>(&body.0, &[], &ReadOnly::NONE)?;
+    let (Field::Set(Instant(from)), Field::Set(Instant(to))) = (body.from, body.to) else {
         return Err(ApiError::field("from", "is required"));
     };
+    let max_fires = body.max_fires.set().map_or(BACKFILL_MAX_FIRES, |Int(n)| n);
+    if from >= to {
+        return Err(ApiError::field("to", "must be later than from"));
+    }
 
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
@@ -1596,7 +1393,7 @@ pub async fn backfill(
             details: Some(json!({"status": status})),
         });
     }
-    if row.task.schedule_kind == ScheduleKind::Event.as_str() {
+    if row.task.schedule_kind == ScheduleKind::Event {
         return Err(ApiError::Conflict {
             message: format!(
                 "Task {id} is triggered by events and has no nominal fires to backfill"
@@ -1605,7 +1402,7 @@ pub async fn backfill(
         });
     }
     let schedule = validation::parse_schedule(
-        &row.task.schedule_kind,
+        row.task.schedule_kind,
         &row.task.schedule_expr,
         &row.task.timezone,
         row.schedule_anchor,

@@ -263,10 +263,7 @@ pub async fn task_timeline(
     let row = visible_task(&client, &caller, id).await?;
     drop(client);
     let t = &row.task;
-    let kind: ScheduleKind = t
-        .schedule_kind
-        .parse()
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored schedule kind: {e}")))?;
+    let kind = t.schedule_kind;
     let tz = orrery::schedule::parse_timezone(&t.timezone)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored time zone: {e}")))?;
     let now = state.clock.now();
@@ -285,7 +282,7 @@ pub async fn task_timeline(
     Ok(HttpResponse::Ok().json(Timeline {
         task_id: t.id,
         timezone: t.timezone.clone(),
-        schedule_kind: t.schedule_kind.clone(),
+        schedule_kind: t.schedule_kind.as_str().to_string(),
         window_start: text(now),
         window_end: text(built.window_end),
         fires: built.fires,
