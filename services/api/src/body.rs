@@ -21,7 +21,6 @@ use utoipa::openapi::RefOr;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult, FieldError};
-use crate::input::find_nul;
 
 /// A value that reads itself from JSON at `path` and describes itself in the OpenAPI document.
 pub trait FieldValue: Sized {
@@ -95,6 +94,25 @@ impl<T> Nullable<T> {
             Nullable::Null => *target = None,
             Nullable::Absent => {}
         }
+    }
+}
+
+/// The path of a NUL character inside a JSON value (PostgreSQL cannot store one), if any.
+pub fn find_nul(value: &Value, path: &str) -> Option<String> {
+    match value {
+        Value::String(s) if s.contains('\0') => Some(path.to_string()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| find_nul(v, &format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                Some(path.to_string())
+            } else {
+                find_nul(v, &format!("{path}.{k}"))
+            }
+        }),
+        _ => None,
     }
 }
 
@@ -403,7 +421,7 @@ fn string_schema() -> ObjectBuilder {
     ObjectBuilder::new().schema_type(Type::String)
 }
 
-fn type_name(v: &Value) -> &'static str {
+pub fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -501,6 +519,7 @@ macro_rules! spelled {
     )*};
 }
 spelled!(
+    orrery::model::Scope,
     orrery::model::DependencyCondition,
     orrery::model::BackoffStrategy,
     orrery::model::Catchup,
@@ -611,6 +630,24 @@ impl FieldValue for JsonObject {
     }
 }
 
+/// Any JSON value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnyJson(pub Value);
+
+impl FieldValue for AnyJson {
+    fn read(v: &Value, _path: &str, _errors: &mut Vec<FieldError>) -> Option<Self> {
+        Some(AnyJson(v.clone()))
+    }
+
+    fn schema() -> Schema {
+        Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::AnyValue)
+                .build(),
+        )
+    }
+}
+
 /// A string matching a rule that is a character class and a length (names of tasks and queues).
 pub trait NameRule {
     const MAX: usize;
@@ -690,11 +727,34 @@ impl FieldValue for Instant {
     }
 }
 
-/// A list of at most `MAX` values; every bad entry is reported with its index.
-#[derive(Debug, Clone, PartialEq)]
-pub struct List<T, const MAX: usize>(pub Vec<T>);
+/// `true` or `false`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bool(pub bool);
 
-impl<T: FieldValue, const MAX: usize> FieldValue for List<T, MAX> {
+impl FieldValue for Bool {
+    fn read(v: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<Self> {
+        match v {
+            Value::Bool(b) => Some(Bool(*b)),
+            other => {
+                errors.push(FieldError::new(
+                    path,
+                    format!("must be true or false, not {}", type_name(other)),
+                ));
+                None
+            }
+        }
+    }
+
+    fn schema() -> Schema {
+        Schema::Object(ObjectBuilder::new().schema_type(Type::Boolean).build())
+    }
+}
+
+/// A list of `MIN..=MAX` values; every bad entry is reported with its index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct List<T, const MAX: usize, const MIN: usize = 0>(pub Vec<T>);
+
+impl<T: FieldValue, const MAX: usize, const MIN: usize> FieldValue for List<T, MAX, MIN> {
     fn read(v: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<Self> {
         let Value::Array(items) = v else {
             errors.push(FieldError::new(
@@ -703,11 +763,13 @@ impl<T: FieldValue, const MAX: usize> FieldValue for List<T, MAX> {
             ));
             return None;
         };
-        if items.len() > MAX {
-            errors.push(FieldError::new(
-                path,
-                format!("must have at most {MAX} entries (has {})", items.len()),
-            ));
+        if items.len() > MAX || items.len() < MIN {
+            let message = if MIN == 0 {
+                format!("must have at most {MAX} entries (has {})", items.len())
+            } else {
+                format!("must have {MIN} to {MAX} entries (has {})", items.len())
+            };
+            errors.push(FieldError::new(path, message));
             return None;
         }
         let before = errors.len();
@@ -723,6 +785,7 @@ impl<T: FieldValue, const MAX: usize> FieldValue for List<T, MAX> {
         Schema::Array(
             ArrayBuilder::new()
                 .items(RefOr::T(T::schema()))
+                .min_items((MIN > 0).then_some(MIN))
                 .max_items(Some(MAX))
                 .build(),
         )

@@ -1,7 +1,8 @@
 //! Turning requests into values, field by field, so that every problem names its field.
 //!
 //! Bodies: `application/json` only (415 otherwise), at most `API_BODY_LIMIT_BYTES` (413), JSON (400), then
-//! read as a `serde_json::Value` and checked field by field (422 with `details: [{field, message}]`).
+//! read as a `serde_json::Value` into a typed body (`crate::body`: 422 with `details: [{field, message}]`
+//! naming every field at fault).
 //! Query strings that cannot be parsed are 400; values of the wrong type or out of range are 422.
 
 use std::collections::HashMap;
@@ -12,10 +13,10 @@ use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{web, FromRequest, HttpRequest};
 use chrono::{DateTime, Datelike, Utc};
 use futures::future::LocalBoxFuture;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
-use crate::error::{ApiError, ApiResult, FieldError};
+use crate::error::{ApiError, ApiResult};
 
 /// The body limit configured for the app (a copy so the extractor does not depend on actix's config).
 #[derive(Clone, Copy)]
@@ -100,221 +101,6 @@ impl FromRequest for OptionalJsonBody {
             }
             Ok(OptionalJsonBody(Some(parse_json(&bytes)?)))
         })
-    }
-}
-
-/// A field that may be absent, explicitly null, or set.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Opt<T> {
-    Absent,
-    Null,
-    Set(T),
-}
-
-impl<T> Opt<T> {
-    pub fn set(self) -> Option<T> {
-        match self {
-            Opt::Set(v) => Some(v),
-            _ => None,
-        }
-    }
-
-    pub fn is_absent(&self) -> bool {
-        matches!(self, Opt::Absent)
-    }
-}
-
-/// The path of a NUL character inside a JSON value (PostgreSQL cannot store one), if any.
-pub fn find_nul(value: &Value, path: &str) -> Option<String> {
-    match value {
-        Value::String(s) if s.contains('\0') => Some(path.to_string()),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, v)| find_nul(v, &format!("{path}[{i}]"))),
-        Value::Object(map) => map.iter().find_map(|(k, v)| {
-            if k.contains('\0') {
-                Some(path.to_string())
-            } else {
-                find_nul(v, &format!("{path}.{k}"))
-            }
-        }),
-        _ => None,
-    }
-}
-
-/// A JSON object read field by field; problems accumulate in `errors`.
-pub struct Fields<'a> {
-    obj: &'a Map<String, Value>,
-    pub errors: Vec<FieldError>,
-}
-
-impl<'a> Fields<'a> {
-    /// The body must be an object whose keys are all in `allowed` (unknown fields are 422).
-    pub fn object(value: &'a Value, allowed: &[&str]) -> ApiResult<Fields<'a>> {
-        let obj = value
-            .as_object()
-            .ok_or_else(|| ApiError::field("body", "must be a JSON object"))?;
-        let mut errors = Vec::new();
-        for key in obj.keys() {
-            if !allowed.contains(&key.as_str()) {
-                let shown: String = key.chars().take(100).collect();
-                errors.push(FieldError::new(shown, "unknown field"));
-            }
-        }
-        Ok(Fields { obj, errors })
-    }
-
-    pub fn raw(&self, name: &str) -> Option<&'a Value> {
-        self.obj.get(name)
-    }
-
-    fn err(&mut self, name: &str, message: impl Into<String>) {
-        self.errors.push(FieldError::new(name, message));
-    }
-
-    /// Absent → Absent; null → Null if `nullable`, else an error.
-    fn value(&mut self, name: &str, nullable: bool) -> Option<Opt<&'a Value>> {
-        match self.obj.get(name) {
-            None => Some(Opt::Absent),
-            Some(Value::Null) if nullable => Some(Opt::Null),
-            Some(Value::Null) => {
-                self.err(name, "must not be null");
-                None
-            }
-            Some(v) => Some(Opt::Set(v)),
-        }
-    }
-
-    pub fn string(&mut self, name: &str, min: usize, max: usize, nullable: bool) -> Opt<String> {
-        match self.value(name, nullable) {
-            Some(Opt::Set(Value::String(s))) => {
-                let n = s.chars().count();
-                if s.contains('\0') {
-                    self.err(name, "must not contain NUL characters");
-                    Opt::Absent
-                } else if n < min || n > max {
-                    if min == 1 && n == 0 {
-                        self.err(
-                            name,
-                            format!("must not be empty (at most {max} characters)"),
-                        );
-                    } else {
-                        self.err(
-                            name,
-                            format!("must be {min} to {max} characters long (is {n})"),
-                        );
-                    }
-                    Opt::Absent
-                } else {
-                    Opt::Set(s.clone())
-                }
-            }
-            Some(Opt::Set(_)) => {
-                self.err(name, "must be a string");
-                Opt::Absent
-            }
-            Some(Opt::Null) => Opt::Null,
-            _ => Opt::Absent,
-        }
-    }
-
-    pub fn int(&mut self, name: &str, min: i64, max: i64) -> Opt<i64> {
-        match self.value(name, false) {
-            Some(Opt::Set(v)) => match v.as_i64() {
-                Some(n) if n >= min && n <= max => Opt::Set(n),
-                Some(_) => {
-                    self.err(name, format!("must be between {min} and {max}"));
-                    Opt::Absent
-                }
-                None if v.is_number() && v.as_u64().is_some() => {
-                    self.err(name, format!("must be between {min} and {max}"));
-                    Opt::Absent
-                }
-                None => {
-                    self.err(name, "must be an integer");
-                    Opt::Absent
-                }
-            },
-            _ => Opt::Absent,
-        }
-    }
-
-    pub fn parsed<T: FromStr<Err = String>>(&mut self, name: &str) -> Opt<T> {
-        match self.value(name, false) {
-            Some(Opt::Set(Value::String(s))) => match s.parse::<T>() {
-                Ok(v) => Opt::Set(v),
-                Err(message) => {
-                    self.err(name, truncate(&message));
-                    Opt::Absent
-                }
-            },
-            Some(Opt::Set(_)) => {
-                self.err(name, "must be a string");
-                Opt::Absent
-            }
-            _ => Opt::Absent,
-        }
-    }
-
-    pub fn uuid(&mut self, name: &str) -> Opt<Uuid> {
-        match self.value(name, false) {
-            Some(Opt::Set(Value::String(s))) => match Uuid::parse_str(s) {
-                Ok(v) => Opt::Set(v),
-                Err(_) => {
-                    self.err(name, "must be a UUID");
-                    Opt::Absent
-                }
-            },
-            Some(Opt::Set(_)) => {
-                self.err(name, "must be a UUID string");
-                Opt::Absent
-            }
-            _ => Opt::Absent,
-        }
-    }
-
-    /// Any JSON object (checked for NUL characters, which PostgreSQL cannot store).
-    pub fn object_value(&mut self, name: &str, nullable: bool) -> Opt<Value> {
-        match self.value(name, nullable) {
-            Some(Opt::Set(v @ Value::Object(_))) => match find_nul(v, name) {
-                Some(path) => {
-                    self.err(&path, "must not contain NUL characters");
-                    Opt::Absent
-                }
-                None => Opt::Set(v.clone()),
-            },
-            Some(Opt::Set(_)) => {
-                self.err(name, "must be an object");
-                Opt::Absent
-            }
-            Some(Opt::Null) => Opt::Null,
-            _ => Opt::Absent,
-        }
-    }
-
-    pub fn require<T>(&mut self, name: &str, v: &Opt<T>) {
-        if v.is_absent() && !self.obj.contains_key(name) {
-            self.err(name, "is required");
-        }
-    }
-
-    pub fn finish(self) -> ApiResult<()> {
-        if self.errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::Validation(self.errors))
-        }
-    }
-}
-
-fn truncate(s: &str) -> String {
-    if s.chars().count() > 300 {
-        let mut t: String = s.chars().take(300).collect();
-        t.push('…');
-        t
-    } else {
-        s.to_string()
     }
 }
 

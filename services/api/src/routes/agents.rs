@@ -2,79 +2,77 @@
 
 use actix_web::{web, HttpResponse};
 use orrery::model::{Scope, SYSTEM_AGENT_ID};
-use serde::Deserialize;
 use serde_json::{json, Value};
-use utoipa::ToSchema;
+use utoipa::openapi::schema::Schema;
 
 use crate::auth::{generate_token, Caller};
+use crate::body::{
+    body_schema, named_schema, read_body, request_body, Choice, Field, FieldValue, Instant, Int,
+    List, Nullable, ReadOnly, Text,
+};
 use crate::db;
 use crate::error::{sqlstate, ApiError, ApiResult, ErrorEnvelope, FieldError};
-use crate::input::{path_uuid, Fields, JsonBody, Opt, Page, QueryParams};
+use crate::input::{path_uuid, JsonBody, Page, QueryParams};
 use crate::models::{Agent, AgentCreated, AgentPage, NewTokenResponse, TokenList};
 use crate::state::AppState;
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct AgentCreate {
-    #[schema(min_length = 1, max_length = 100)]
-    name: String,
-    /// Subset of admin, tasks:read, tasks:write, runs:read, events:publish, jobs:work.
-    scopes: Vec<String>,
-    #[schema(max_length = 2000)]
-    webhook_url: Option<String>,
-}
+request_body!(
+    /// The writable fields of an agent: the body of POST /agents (`name` required) and PATCH /agents/{id}.
+    pub struct AgentBody {
+        name: Field<Text<1, 100>>,
+        /// Subset of admin, tasks:read, tasks:write, runs:read, events:publish, jobs:work (default none).
+        scopes: Field<List<Choice<Scope>, 64>>,
+        /// An http:// or https:// URL; null removes it.
+        webhook_url: Nullable<WebhookUrl>,
+    }
+);
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct AgentPatch {
-    #[schema(min_length = 1, max_length = 100)]
-    name: Option<String>,
-    scopes: Option<Vec<String>>,
-    #[schema(max_length = 2000)]
-    webhook_url: Option<String>,
-}
+const AGENT_CREATE_REQUIRED: &[&str] = &["name"];
 
-fn read_scopes(f: &mut Fields, value: Option<&Value>) -> Opt<Vec<String>> {
-    match value {
-        None => Opt::Absent,
-        Some(Value::Array(items)) => {
-            let mut out: Vec<String> = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                match item.as_str().map(|s| s.parse::<Scope>()) {
-                    Some(Ok(scope)) => {
-                        if !out.iter().any(|s| s == scope.as_str()) {
-                            out.push(scope.as_str().to_string());
-                        }
-                    }
-                    Some(Err(_)) | None => f.errors.push(FieldError::new(
-                        format!("scopes[{i}]"),
-                        format!("must be one of {}", Scope::expected()),
-                    )),
-                }
-            }
-            Opt::Set(out)
-        }
-        Some(_) => {
-            f.errors
-                .push(FieldError::new("scopes", "must be an array of scope names"));
-            Opt::Absent
+named_schema!(
+    /// Body of POST /agents.
+    pub AgentCreate = body_schema::<AgentBody>(AGENT_CREATE_REQUIRED, "Body of POST /agents.")
+);
+named_schema!(
+    /// Body of PATCH /agents/{id}.
+    pub AgentPatch = body_schema::<AgentBody>(&[], "Body of PATCH /agents/{id}: any subset of the agent's fields.")
+);
+
+/// The scopes as stored: each once, in the order given.
+fn scope_names(scopes: Field<List<Choice<Scope>, 64>>) -> Option<Vec<String>> {
+    let List(items) = scopes.set()?;
+    let mut out: Vec<String> = Vec::new();
+    for Choice(scope) in items {
+        if !out.iter().any(|s| s == scope.as_str()) {
+            out.push(scope.as_str().to_string());
         }
     }
+    Some(out)
 }
 
-fn check_webhook(f: &mut Fields, url: &Opt<String>) {
-    if let Opt::Set(u) = url {
+/// An http:// or https:// URL of at most 2000 characters, without spaces or control characters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookUrl(pub String);
+
+impl FieldValue for WebhookUrl {
+    fn read(v: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<Self> {
+        let Text(u) = Text::<1, 2000>::read(v, path, errors)?;
         let ok = (u.starts_with("http://") || u.starts_with("https://"))
             && u.len() > 8
             && !u.chars().any(|c| c.is_whitespace() || c.is_control());
-        if !ok {
-            f.errors.push(FieldError::new(
-                "webhook_url",
+        if ok {
+            Some(WebhookUrl(u))
+        } else {
+            errors.push(FieldError::new(
+                path,
                 "must be an http:// or https:// URL without spaces",
             ));
+            None
         }
+    }
+
+    fn schema() -> Schema {
+        Text::<1, 2000>::schema()
     }
 }
 
@@ -100,17 +98,13 @@ pub async fn create(
     body: JsonBody,
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::Admin)?;
-    let mut f = Fields::object(&body.0, &["name", "scopes", "webhook_url"])?;
-    let name = f.string("name", 1, 100, false);
-    f.require("name", &name);
-    let scopes_raw = f.raw("scopes");
-    let scopes = read_scopes(&mut f, scopes_raw);
-    let webhook_url = f.string("webhook_url", 1, 2000, true);
-    check_webhook(&mut f, &webhook_url);
-    f.finish()?;
-    let name = name.set().unwrap_or_default();
-    let scopes = scopes.set().unwrap_or_default();
-    let webhook_url = webhook_url.set();
+    let body = read_body::<AgentBody>(&body.0, AGENT_CREATE_REQUIRED, &ReadOnly::NONE)?;
+    let name = body.name.set().map(|Text(n)| n).unwrap_or_default();
+    let scopes = scope_names(body.scopes).unwrap_or_default();
+    let webhook_url = match body.webhook_url {
+        Nullable::Set(WebhookUrl(u)) => Some(u),
+        _ => None,
+    };
     let token = generate_token();
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
@@ -202,30 +196,25 @@ pub async fn patch(
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::Admin)?;
     let id = path_uuid(&path, "id")?;
-    let mut f = Fields::object(&body.0, &["name", "scopes", "webhook_url"])?;
-    let name = f.string("name", 1, 100, false);
-    let scopes_raw = f.raw("scopes");
-    let scopes = read_scopes(&mut f, scopes_raw);
-    let webhook_url = f.string("webhook_url", 1, 2000, true);
-    check_webhook(&mut f, &webhook_url);
-    f.finish()?;
+    let body = read_body::<AgentBody>(&body.0, &[], &ReadOnly::NONE)?;
+    let name = body.name.map(|Text(n)| n);
+    let scopes = scope_names(body.scopes);
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
     let agent = db::agents::get_agent(&tx, id, true)
         .await?
         .ok_or_else(|| ApiError::not_found("Agent", id))?;
-    if id == SYSTEM_AGENT_ID && !scopes.is_absent() {
+    if id == SYSTEM_AGENT_ID && scopes.is_some() {
         return Err(ApiError::conflict(
             "the system agent's scopes cannot be changed",
         ));
     }
     let new_name = name.set().unwrap_or_else(|| agent.name.clone());
-    let new_scopes = scopes.set().unwrap_or_else(|| agent.scopes.clone());
-    let new_webhook = match webhook_url {
-        Opt::Set(u) => Some(u),
-        Opt::Null => None,
-        Opt::Absent => agent.webhook_url.clone(),
-    };
+    let new_scopes = scopes.unwrap_or_else(|| agent.scopes.clone());
+    let mut new_webhook = agent.webhook_url.clone();
+    body.webhook_url
+        .map(|WebhookUrl(u)| u)
+        .apply_to(&mut new_webhook);
     let updated = db::agents::update_agent(&tx, id, &new_name, &new_scopes, new_webhook.as_deref())
         .await
         .map_err(|e| name_taken(e, &new_name))?;
@@ -313,17 +302,15 @@ pub async fn list_tokens(
     Ok(HttpResponse::Ok().json(TokenList { items }))
 }
 
-/// Body of POST /agents/{id}/tokens (optional).
-#[derive(serde::Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct TokenCreate {
-    /// RFC 3339 instant after which the token is refused; must be in the future.
-    expires_at: Option<String>,
-    /// Or: lifetime in seconds from now (60 .. 315360000, ten years).
-    #[schema(minimum = 60, maximum = 315360000)]
-    ttl_seconds: Option<i64>,
-}
+request_body!(
+    /// Body of POST /agents/{id}/tokens (optional).
+    pub struct TokenCreate {
+        /// Instant after which the token is refused; must be in the future.
+        expires_at: Nullable<Instant>,
+        /// Or: lifetime in seconds from now (ten years at most).
+        ttl_seconds: Field<Int<60, 315_360_000>>,
+    }
+);
 
 #[utoipa::path(post, path = "/agents/{id}/tokens", tag = "agents", params(("id" = Uuid, Path)),
     request_body(content = Option<TokenCreate>, description = "Optional: `expires_at` or `ttl_seconds` (not both); no body = never expires"),
@@ -342,28 +329,18 @@ pub async fn create_token(
     let (expires_at, ttl) = match &body.0 {
         None => (None, None),
         Some(v) => {
-            let mut f = crate::input::Fields::object(v, &["expires_at", "ttl_seconds"])?;
-            let at = match f.string("expires_at", 1, 64, true) {
-                crate::input::Opt::Set(s) => match crate::input::parse_instant(&s) {
-                    Some(t) => Some(t),
-                    None => {
-                        f.errors.push(crate::error::FieldError::new(
-                            "expires_at",
-                            "must be an RFC 3339 instant between the years 1 and 9999",
-                        ));
-                        None
-                    }
-                },
+            let body = read_body::<TokenCreate>(v, &[], &ReadOnly::NONE)?;
+            let at = match body.expires_at {
+                Nullable::Set(Instant(t)) => Some(t),
                 _ => None,
             };
-            let ttl = f.int("ttl_seconds", 60, 315_360_000).set();
+            let ttl = body.ttl_seconds.set().map(|Int(n)| n);
             if at.is_some() && ttl.is_some() {
-                f.errors.push(crate::error::FieldError::new(
+                return Err(ApiError::field(
                     "ttl_seconds",
                     "set either expires_at or ttl_seconds, not both",
                 ));
             }
-            f.finish()?;
             (at, ttl)
         }
     };

@@ -3,32 +3,52 @@
 use actix_web::{web, HttpResponse};
 use orrery::model::Scope;
 use orrery::streams::EVENTS;
-use serde::Deserialize;
 use serde_json::{json, Value};
-use utoipa::ToSchema;
+use utoipa::openapi::schema::Schema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
+use crate::body::{read_body, request_body, AnyJson, Field, FieldValue, Nullable, ReadOnly, Text};
 use crate::db;
-use crate::error::{ApiError, ApiResult, ErrorEnvelope};
-use crate::input::{Fields, JsonBody, QueryParams};
+use crate::error::{ApiError, ApiResult, ErrorEnvelope, FieldError};
+use crate::input::{JsonBody, QueryParams};
 use crate::models::{EventAccepted, RecentEvent, RecentEvents, TopicGroup, TopicList};
 use crate::state::AppState;
 use crate::validation;
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct EventPublish {
-    /// Dot-separated segments of A-Z a-z 0-9 _ -, at most 200 characters, no wildcard.
-    #[schema(
-        example = "billing.invoice.paid",
-        pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$",
-        max_length = 200
-    )]
-    topic: String,
-    /// Any JSON value (default {}); runs see it as `${event.payload}`.
-    payload: Option<Value>,
+request_body!(
+    /// Body of POST /events.
+    pub struct EventPublish required ["topic"] {
+        /// Dot-separated segments of A-Z a-z 0-9 _ -, at most 200 characters, no wildcard.
+        topic: Field<Topic> = example json!("billing.invoice.paid"),
+        /// Any JSON value (default {}); runs see it as `${event.payload}`.
+        payload: Nullable<AnyJson>,
+    }
+);
+
+/// An event topic: dot-separated segments of `A-Za-z0-9_-`, at most 200 characters, no wildcard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topic(pub String);
+
+impl FieldValue for Topic {
+    fn read(v: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<Self> {
+        let Text(t) = Text::<1, 200>::read(v, path, errors)?;
+        match validation::validate_topic(&t) {
+            Ok(()) => Some(Topic(t)),
+            Err(e) => {
+                errors.push(FieldError::new(path, e.message));
+                None
+            }
+        }
+    }
+
+    fn schema() -> Schema {
+        let mut s = Text::<1, 200>::schema();
+        if let Schema::Object(o) = &mut s {
+            o.pattern = Some("^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$".into());
+        }
+        s
+    }
 }
 
 /// How long this request keeps the event to itself before a relay may publish it.
@@ -48,24 +68,15 @@ pub async fn publish(
     body: JsonBody,
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::EventsPublish)?;
-    let mut f = Fields::object(&body.0, &["topic", "payload"])?;
-    let topic = f.string("topic", 1, 200, false);
-    f.require("topic", &topic);
-    let payload = f.raw("payload").cloned().unwrap_or_else(|| json!({}));
-    if let Some(path) = crate::input::find_nul(&payload, "payload") {
-        f.errors.push(crate::error::FieldError::new(
-            path,
-            "must not contain NUL characters",
-        ));
-    }
-    let topic = topic.set();
-    if let Some(t) = &topic {
-        if let Err(e) = validation::validate_topic(t) {
-            f.errors.push(e);
-        }
-    }
-    f.finish()?;
-    let topic = topic.unwrap_or_default();
+    let body = read_body::<EventPublish>(&body.0, &[], &ReadOnly::NONE)?;
+    let Field::Set(Topic(topic)) = body.topic else {
+        return Err(ApiError::field("topic", "is required"));
+    };
+    let payload = match body.payload {
+        Nullable::Set(AnyJson(p)) => p,
+        Nullable::Null => Value::Null,
+        Nullable::Absent => json!({}),
+    };
 
     let mut client = state.db().await?;
     let tx = client.transaction().await?;

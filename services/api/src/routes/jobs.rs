@@ -26,15 +26,18 @@ use actix_web::{web, HttpResponse};
 use orrery::model::Scope;
 use orrery::queue::{self, ClaimedWork, Completion, ExternalJob, Settlement};
 use orrery::streams::{RUNS, RUNS_MAXLEN};
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use uuid::Uuid;
 
 use crate::auth::Caller;
+use crate::body::{
+    read_body, request_body, AnyJson, Bool, Field, FieldValue, Int, List, Name, NameRule, Nullable,
+    ReadOnly, Text,
+};
 use crate::db;
 use crate::error::{ApiError, ApiResult, ErrorEnvelope, FieldError};
-use crate::input::{find_nul, path_i64, Fields, JsonBody, Opt};
+use crate::input::{path_i64, JsonBody};
 use crate::models::{Job, JobLease, JobSettled, JobsClaimed};
 use crate::state::AppState;
 
@@ -47,61 +50,87 @@ pub const MAX_LEASE_SECONDS: i64 = 3600;
 /// Longest error message kept from a failure.
 pub const MAX_ERROR_CHARS: usize = 10_000;
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct JobClaim {
-    /// Queue names (1 to 100 of `A-Za-z0-9._-`), as the tasks' external steps name them.
-    #[schema(min_items = 1, max_items = 20, example = json!(["emails"]))]
-    queues: Vec<String>,
-    /// Most jobs to return (default 1).
-    #[schema(minimum = 1, maximum = 100)]
-    max_jobs: Option<i64>,
-    /// How long to wait for a job when none is ready (default 0: answer at once; at most API_JOBS_MAX_WAIT_SECONDS).
-    #[schema(minimum = 0, maximum = 30)]
-    wait_seconds: Option<i64>,
-    /// Lease of every returned job (default: the step's timeout_seconds, else WORKER_LEASE_SECONDS).
-    #[schema(minimum = 1, maximum = 3600)]
-    lease_seconds: Option<i64>,
-    /// Names this client in `locked_by` and `task_run.worker_id` (`external:<agent>:<client_id>`).
-    #[schema(pattern = "^[A-Za-z0-9._:-]{1,100}$")]
-    client_id: Option<String>,
+request_body!(
+    /// Body of POST /jobs/claim.
+    pub struct JobClaim required ["queues"] {
+        /// The external queues to take jobs from (each named once is enough).
+        queues: Field<List<Name<ExternalQueueRule>, MAX_QUEUES, 1>> = example json!(["emails"]),
+        /// Most jobs returned (default 1).
+        max_jobs: Field<Int<1, 100>>,
+        /// How long to wait for a job when none is ready (default 0).
+        wait_seconds: Field<Int<0, 30>>,
+        /// The lease of every job returned (default: the step's `timeout_seconds`, else `WORKER_LEASE_SECONDS`).
+        lease_seconds: Field<Int<1, MAX_LEASE_SECONDS>>,
+        /// Names this client in `locked_by` (default `default`).
+        client_id: Field<ClientId>,
+    }
+);
+
+request_body!(
+    /// Body of POST /jobs/{id}/heartbeat.
+    pub struct JobHeartbeat required ["fencing_token"] {
+        fencing_token: Field<Int<1, { i64::MAX }>>,
+        /// The renewed lease (default as the claim's).
+        lease_seconds: Field<Int<1, MAX_LEASE_SECONDS>>,
+    }
+);
+
+request_body!(
+    /// Body of POST /jobs/{id}/complete.
+    pub struct JobComplete required ["fencing_token"] {
+        fencing_token: Field<Int<1, { i64::MAX }>>,
+        /// The run's output, recorded under `steps.<step id>`.
+        output: Nullable<AnyJson>,
+    }
+);
+
+request_body!(
+    /// Body of POST /jobs/{id}/fail.
+    pub struct JobFail required ["fencing_token", "error"] {
+        fencing_token: Field<Int<1, { i64::MAX }>>,
+        error: Field<Text<1, MAX_ERROR_CHARS>>,
+        /// false: dead at once, whatever retries are left (default true).
+        retryable: Nullable<Bool>,
+        output: Nullable<AnyJson>,
+    }
+);
+
+/// External queue names: 1 to 100 of `A-Za-z0-9._-` (`orrery::pipeline::is_queue_name`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExternalQueueRule;
+
+impl NameRule for ExternalQueueRule {
+    const MAX: usize = 100;
+    const RULE: &'static str =
+        "must be a queue name: 1 to 100 characters of A-Z, a-z, 0-9, ., _ and -";
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct JobHeartbeat {
-    #[schema(minimum = 1)]
-    fencing_token: i64,
-    /// The lease now ends this many seconds from now (default WORKER_LEASE_SECONDS).
-    #[schema(minimum = 1, maximum = 3600)]
-    lease_seconds: Option<i64>,
-}
+/// A client id: 1 to 100 of `A-Za-z0-9._:-`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientId(pub String);
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct JobComplete {
-    #[schema(minimum = 1)]
-    fencing_token: i64,
-    /// Any JSON value; stored as the run's output under `steps.<step id>`.
-    output: Option<Value>,
-}
+impl FieldValue for ClientId {
+    fn read(v: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<Self> {
+        match v.as_str() {
+            Some(c) if is_client_id(c) => Some(ClientId(c.to_string())),
+            _ => {
+                errors.push(FieldError::new(
+                    path,
+                    "must be 1 to 100 characters of A-Z, a-z, 0-9, ., _, : and -",
+                ));
+                None
+            }
+        }
+    }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct JobFail {
-    #[schema(minimum = 1)]
-    fencing_token: i64,
-    /// What went wrong (kept on the run and, when the job dies, on the dead work).
-    #[schema(min_length = 1, max_length = 10000)]
-    error: String,
-    /// Whether another attempt may succeed (default true). Retries follow the task's backoff and max_retries.
-    retryable: Option<bool>,
-    /// Whatever partial result is worth keeping.
-    output: Option<Value>,
+    fn schema() -> Schema {
+        Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[A-Za-z0-9._:-]{1,100}$"))
+                .build(),
+        )
+    }
 }
 
 fn is_client_id(s: &str) -> bool {
@@ -110,48 +139,19 @@ fn is_client_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-fn read_queues(f: &mut Fields) -> Vec<String> {
-    let mut queues: Vec<String> = Vec::new();
-    match f.raw("queues") {
-        None | Some(Value::Null) => f.errors.push(FieldError::new(
-            "queues",
-            "is required (an array of queue names)",
-        )),
-        Some(Value::Array(items)) => {
-            if items.is_empty() || items.len() > MAX_QUEUES {
-                f.errors.push(FieldError::new(
-                    "queues",
-                    format!("must name 1 to {MAX_QUEUES} queues"),
-                ));
-            }
-            for (i, item) in items.iter().enumerate() {
-                match item.as_str() {
-                    Some(q) if orrery::pipeline::is_queue_name(q) => {
-                        if !queues.iter().any(|x| x == q) {
-                            queues.push(q.to_string());
-                        }
-                    }
-                    _ => f.errors.push(FieldError::new(
-                        format!("queues[{i}]"),
-                        "must be a queue name: 1 to 100 characters of A-Z, a-z, 0-9, ., _ and -",
-                    )),
-                }
-            }
-        }
-        Some(_) => f
-            .errors
-            .push(FieldError::new("queues", "must be an array of queue names")),
+/// A fencing token of a body whose reader requires it.
+fn token_of(t: Field<Int<1, { i64::MAX }>>) -> i64 {
+    t.set().map_or(0, |Int(n)| n)
+}
+
+/// An output as recorded: null and absent are no output.
+fn output_of(o: Nullable<AnyJson>) -> Option<Value> {
+    match o {
+        Nullable::Set(AnyJson(v)) if !v.is_null() => Some(v),
+        _ => None,
     }
-    queues
 }
 
-fn fencing_token(f: &mut Fields) -> i64 {
-    let token = f.int("fencing_token", 1, i64::MAX);
-    f.require("fencing_token", &token);
-    token.set().unwrap_or(0)
-}
-
-/// The lease length a request asked for, or the configured default.
 fn lease_or_default(state: &AppState, asked: Option<i64>) -> f64 {
     asked
         .map(|s| s as f64)
@@ -247,32 +247,21 @@ pub async fn claim(
     body: JsonBody,
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::JobsWork)?;
-    let mut f = Fields::object(
-        &body.0,
-        &[
-            "queues",
-            "max_jobs",
-            "wait_seconds",
-            "lease_seconds",
-            "client_id",
-        ],
-    )?;
-    let queues = read_queues(&mut f);
-    let max_jobs = f.int("max_jobs", 1, 100).set().unwrap_or(1);
-    let wait_seconds = f.int("wait_seconds", 0, 30).set().unwrap_or(0);
-    let asked_lease = f.int("lease_seconds", 1, MAX_LEASE_SECONDS).set();
-    let client_id = match f.string("client_id", 1, 100, false) {
-        Opt::Set(c) if is_client_id(&c) => c,
-        Opt::Set(_) => {
-            f.errors.push(FieldError::new(
-                "client_id",
-                "must be 1 to 100 characters of A-Z, a-z, 0-9, ., _, : and -",
-            ));
-            String::new()
+    let body = read_body::<JobClaim>(&body.0, &[], &ReadOnly::NONE)?;
+    let mut queues: Vec<String> = Vec::new();
+    for q in body.queues.set().map(|List(q)| q).unwrap_or_default() {
+        let q = q.into_string();
+        if !queues.contains(&q) {
+            queues.push(q);
         }
-        _ => "default".to_string(),
-    };
-    f.finish()?;
+    }
+    let max_jobs = body.max_jobs.set().map_or(1, |Int(n)| n);
+    let wait_seconds = body.wait_seconds.set().map_or(0, |Int(n)| n);
+    let asked_lease = body.lease_seconds.set().map(|Int(n)| n);
+    let client_id = body
+        .client_id
+        .set()
+        .map_or_else(|| "default".to_string(), |ClientId(c)| c);
 
     let owner = caller.owner_filter();
     let lease = lease_or_default(&state, asked_lease);
@@ -410,10 +399,9 @@ pub async fn heartbeat(
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::JobsWork)?;
     let id = path_i64(&path, "id")?;
-    let mut f = Fields::object(&body.0, &["fencing_token", "lease_seconds"])?;
-    let token = fencing_token(&mut f);
-    let lease = f.int("lease_seconds", 1, MAX_LEASE_SECONDS).set();
-    f.finish()?;
+    let body = read_body::<JobHeartbeat>(&body.0, &[], &ReadOnly::NONE)?;
+    let token = token_of(body.fencing_token);
+    let lease = body.lease_seconds.set().map(|Int(n)| n);
     let owner = caller.owner_filter();
     let client = state.db().await?;
     let lease = lease_or_default(&state, lease);
@@ -518,15 +506,6 @@ async fn settle(
     }))
 }
 
-fn read_output(f: &mut Fields) -> Option<Value> {
-    let output = f.raw("output").cloned().filter(|v| !v.is_null());
-    if let Some(path) = output.as_ref().and_then(|o| find_nul(o, "output")) {
-        f.errors
-            .push(FieldError::new(path, "must not contain NUL characters"));
-    }
-    output
-}
-
 #[utoipa::path(post, path = "/jobs/{id}/complete", tag = "jobs", request_body = JobComplete,
     params(("id" = i64, Path, minimum = 1)),
     description = "Records a successful run (its `output` under `steps.<step id>`) and removes the job, if it is still held with this fencing token. 409: the lease was taken over (or the job already failed into a retry, or is dead) and the result is discarded. 404: no such job, or it already finished.",
@@ -543,10 +522,9 @@ pub async fn complete(
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::JobsWork)?;
     let id = path_i64(&path, "id")?;
-    let mut f = Fields::object(&body.0, &["fencing_token", "output"])?;
-    let token = fencing_token(&mut f);
-    let output = read_output(&mut f);
-    f.finish()?;
+    let body = read_body::<JobComplete>(&body.0, &[], &ReadOnly::NONE)?;
+    let token = token_of(body.fencing_token);
+    let output = output_of(body.output);
     settle(
         &state,
         &caller,
@@ -577,28 +555,21 @@ pub async fn fail(
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::JobsWork)?;
     let id = path_i64(&path, "id")?;
-    let mut f = Fields::object(&body.0, &["fencing_token", "error", "retryable", "output"])?;
-    let token = fencing_token(&mut f);
-    let error = f.string("error", 1, MAX_ERROR_CHARS, false);
-    f.require("error", &error);
-    let retryable = match f.raw("retryable") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            f.errors
-                .push(FieldError::new("retryable", "must be a boolean"));
-            true
-        }
+    let body = read_body::<JobFail>(&body.0, &[], &ReadOnly::NONE)?;
+    let token = token_of(body.fencing_token);
+    let error = body.error.set().map(|Text(e)| e);
+    let retryable = match body.retryable {
+        Nullable::Set(Bool(b)) => b,
+        _ => true,
     };
-    let output = read_output(&mut f);
-    f.finish()?;
+    let output = output_of(body.output);
     settle(
         &state,
         &caller,
         id,
         token,
         Outcome {
-            error: error.set(),
+            error,
             retryable,
             output,
         },

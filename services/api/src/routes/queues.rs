@@ -2,31 +2,89 @@
 
 use actix_web::{web, HttpResponse};
 use orrery::model::Scope;
-use serde::Deserialize;
 use serde_json::{json, Value};
-use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 use crate::auth::Caller;
+use crate::body::{
+    read_body, request_body, type_name, Bool, Field, FieldValue, Int, Nullable, ReadOnly,
+};
 use crate::db;
 use crate::db::queues::QueueSettings;
 use crate::error::{ApiError, ApiResult, ErrorEnvelope, FieldError};
-use crate::input::{Fields, JsonBody, Opt};
+use crate::input::JsonBody;
 use crate::models::{NamedQueue, NamedQueueList, RateLimit};
 use crate::state::AppState;
 
-/// Body of PUT /queues/{name} (absent fields take their defaults) and PATCH (absent fields are kept).
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct QueueBody {
-    /// 1..100000, or null for no limit.
-    #[schema(minimum = 1, maximum = 100000)]
-    max_concurrency: Option<i32>,
-    paused: Option<bool>,
-    /// `{"limit": 1..1000000, "period_seconds": 0.001..86400}`, or null for no limit.
-    rate_limit: Option<RateLimit>,
-    /// The same, applied to each rate key of the queue on its own (see a task's `rate_key`); null for none.
-    key_rate_limit: Option<RateLimit>,
+request_body!(
+    /// Body of PUT /queues/{name} (absent fields take their defaults) and PATCH (absent fields are kept).
+    pub struct QueueBody {
+        /// Most runs of the queue leased at once; null for no limit.
+        max_concurrency: Nullable<Int<1, 100_000>>,
+        paused: Field<Bool>,
+        /// At most `limit` runs start per `period_seconds`; null for no limit.
+        rate_limit: Nullable<RateLimitBody>,
+        /// The same, applied to each rate key of the queue on its own (see a task's `rate_key`); null for none.
+        key_rate_limit: Nullable<RateLimitBody>,
+    }
+);
+
+request_body!(
+    /// A rate limit: `limit` starts per `period_seconds`.
+    pub struct RateLimitBody required ["limit", "period_seconds"] {
+        limit: Field<Int<1, 1_000_000>>,
+        period_seconds: Field<PeriodSeconds>,
+    }
+);
+
+/// A rate limit's period: 0.001 to 86400 seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeriodSeconds(pub f64);
+
+impl FieldValue for PeriodSeconds {
+    fn read(v: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<Self> {
+        match v.as_f64() {
+            Some(p) if p.is_finite() && (0.001..=86_400.0).contains(&p) => Some(PeriodSeconds(p)),
+            Some(_) => {
+                errors.push(FieldError::new(
+                    path,
+                    "must be between 0.001 and 86400 seconds",
+                ));
+                None
+            }
+            None => {
+                errors.push(FieldError::new(
+                    path,
+                    format!("must be a number of seconds, not {}", type_name(v)),
+                ));
+                None
+            }
+        }
+    }
+
+    fn schema() -> Schema {
+        Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .minimum(Some(0.001))
+                .maximum(Some(86_400))
+                .build(),
+        )
+    }
+}
+
+impl RateLimitBody {
+    fn limit(self) -> Option<RateLimit> {
+        match (self.limit, self.period_seconds) {
+            (Field::Set(Int(limit)), Field::Set(PeriodSeconds(period_seconds))) => {
+                Some(RateLimit {
+                    limit: limit as i32,
+                    period_seconds,
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 fn queue_name(raw: &str) -> ApiResult<String> {
@@ -40,119 +98,27 @@ fn queue_name(raw: &str) -> ApiResult<String> {
     }
 }
 
-/// The fields present in the body: Set, Null (no limit) or Absent.
-struct QueueInput {
-    max_concurrency: Opt<i32>,
-    paused: Opt<bool>,
-    rate_limit: Opt<RateLimit>,
-    key_rate_limit: Opt<RateLimit>,
+fn read_queue_body(body: &Value) -> ApiResult<QueueBody> {
+    read_body(body, &[], &ReadOnly::NONE)
 }
 
-/// `{limit, period_seconds}`, null (no limit) or absent, with errors naming `field.limit` etc.
-fn read_rate_limit(f: &mut Fields, field: &str) -> Opt<RateLimit> {
-    match f.raw(field) {
-        None => Opt::Absent,
-        Some(Value::Null) => Opt::Null,
-        Some(Value::Object(o)) => {
-            let mut ok = true;
-            for key in o.keys() {
-                if key != "limit" && key != "period_seconds" {
-                    f.errors.push(FieldError::new(
-                        format!("{field}.{}", key.chars().take(64).collect::<String>()),
-                        "unknown field",
-                    ));
-                    ok = false;
-                }
-            }
-            let limit = match o.get("limit").and_then(Value::as_i64) {
-                Some(n) if (1..=1_000_000).contains(&n) => Some(n as i32),
-                _ => {
-                    f.errors.push(FieldError::new(
-                        format!("{field}.limit"),
-                        "is required: an integer between 1 and 1000000",
-                    ));
-                    None
-                }
-            };
-            let period = match o.get("period_seconds").and_then(Value::as_f64) {
-                Some(p) if p.is_finite() && (0.001..=86_400.0).contains(&p) => Some(p),
-                _ => {
-                    f.errors.push(FieldError::new(
-                        format!("{field}.period_seconds"),
-                        "is required: a number of seconds between 0.001 and 86400",
-                    ));
-                    None
-                }
-            };
-            match (limit, period, ok) {
-                (Some(limit), Some(period_seconds), true) => Opt::Set(RateLimit {
-                    limit,
-                    period_seconds,
-                }),
-                _ => Opt::Absent,
-            }
-        }
-        Some(_) => {
-            f.errors.push(FieldError::new(
-                field,
-                "must be an object {limit, period_seconds} or null",
-            ));
-            Opt::Absent
-        }
-    }
-}
-
-fn read_body(body: &Value) -> ApiResult<QueueInput> {
-    let mut f = Fields::object(
-        body,
-        &["max_concurrency", "paused", "rate_limit", "key_rate_limit"],
-    )?;
-    let max_concurrency = match f.raw("max_concurrency") {
-        Some(Value::Null) => Opt::Null,
-        None => Opt::Absent,
-        Some(_) => match f.int("max_concurrency", 1, 100_000) {
-            Opt::Set(n) => Opt::Set(n as i32),
-            _ => Opt::Absent,
-        },
-    };
-    let paused = match f.raw("paused") {
-        None => Opt::Absent,
-        Some(Value::Bool(b)) => Opt::Set(*b),
-        Some(_) => {
-            f.errors
-                .push(FieldError::new("paused", "must be true or false"));
-            Opt::Absent
-        }
-    };
-    let rate_limit = read_rate_limit(&mut f, "rate_limit");
-    let key_rate_limit = read_rate_limit(&mut f, "key_rate_limit");
-    f.finish()?;
-    Ok(QueueInput {
-        max_concurrency,
-        paused,
-        rate_limit,
-        key_rate_limit,
-    })
-}
-
-fn apply(mut s: QueueSettings, i: QueueInput) -> QueueSettings {
-    match i.max_concurrency {
-        Opt::Set(n) => s.max_concurrency = Some(n),
-        Opt::Null => s.max_concurrency = None,
-        Opt::Absent => {}
-    }
-    if let Opt::Set(p) = i.paused {
+/// The settings after this body: set fields replace, null removes a limit, absent ones stay.
+fn apply(mut s: QueueSettings, b: QueueBody) -> QueueSettings {
+    b.max_concurrency
+        .map(|Int(n)| n as i32)
+        .apply_to(&mut s.max_concurrency);
+    if let Field::Set(Bool(p)) = b.paused {
         s.paused = p;
     }
-    match i.rate_limit {
-        Opt::Set(r) => s.rate_limit = Some(r),
-        Opt::Null => s.rate_limit = None,
-        Opt::Absent => {}
-    }
-    match i.key_rate_limit {
-        Opt::Set(r) => s.key_rate_limit = Some(r),
-        Opt::Null => s.key_rate_limit = None,
-        Opt::Absent => {}
+    for (field, target) in [
+        (b.rate_limit, &mut s.rate_limit),
+        (b.key_rate_limit, &mut s.key_rate_limit),
+    ] {
+        match field {
+            Nullable::Set(r) => *target = r.limit(),
+            Nullable::Null => *target = None,
+            Nullable::Absent => {}
+        }
     }
     s
 }
@@ -210,7 +176,7 @@ pub async fn put(
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::Admin)?;
     let name = queue_name(&path)?;
-    let input = read_body(&body.0)?;
+    let input = read_queue_body(&body.0)?;
     write(&state, &caller, &name, input, true).await
 }
 
@@ -229,7 +195,7 @@ pub async fn patch(
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::Admin)?;
     let name = queue_name(&path)?;
-    let input = read_body(&body.0)?;
+    let input = read_queue_body(&body.0)?;
     write(&state, &caller, &name, input, false).await
 }
 
@@ -237,7 +203,7 @@ async fn write(
     state: &AppState,
     caller: &Caller,
     name: &str,
-    input: QueueInput,
+    input: QueueBody,
     replace: bool,
 ) -> ApiResult<HttpResponse> {
     let mut client = state.db().await?;

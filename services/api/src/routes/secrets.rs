@@ -8,26 +8,24 @@
 use actix_web::{web, HttpResponse};
 use orrery::model::Scope;
 use orrery::secrets::{MAX_VALUE_BYTES, MIN_VALUE_CHARS};
-use serde::Deserialize;
 use serde_json::json;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
+use crate::body::{read_body, request_body, Field, ReadOnly, Text};
 use crate::db;
 use crate::error::{ApiError, ApiResult, ErrorEnvelope};
-use crate::input::{Fields, JsonBody, QueryParams};
+use crate::input::{JsonBody, QueryParams};
 use crate::models::{Reencrypted, SecretInfo, SecretList};
 use crate::state::AppState;
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct SecretPut {
-    /// The value: 4 to 65536 characters. Stored encrypted; never returned.
-    #[schema(min_length = 4, max_length = 65536)]
-    value: String,
-}
+request_body!(
+    /// Body of PUT /secrets/{name}.
+    pub struct SecretPut required ["value"] {
+        /// The value: 4 to 65536 characters (at most 65536 bytes). Stored encrypted; never returned.
+        value: Field<Text<MIN_VALUE_CHARS, MAX_VALUE_BYTES>>,
+    }
+);
 
 fn check_name(name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
@@ -83,11 +81,10 @@ pub async fn put(
     let name = path.into_inner();
     check_name(&name)?;
     let owner = owner_of(&caller, &q)?;
-    let mut f = Fields::object(&body.0, &["value"])?;
-    let value = f.string("value", MIN_VALUE_CHARS, MAX_VALUE_BYTES, false);
-    f.require("value", &value);
-    f.finish()?;
-    let value = value.set().unwrap_or_default();
+    let body = read_body::<SecretPut>(&body.0, &[], &ReadOnly::NONE)?;
+    let Field::Set(Text(value)) = body.value else {
+        return Err(ApiError::field("value", "is required"));
+    };
     if value.len() > MAX_VALUE_BYTES {
         return Err(ApiError::field(
             "value",

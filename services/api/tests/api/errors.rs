@@ -346,3 +346,61 @@ async fn every_path_works_with_and_without_a_trailing_slash_without_redirect() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn one_422_names_every_bad_field_of_a_task_body_with_its_full_path() {
+    let app = spawn_app().await;
+    let mut body = cron_task("t");
+    body["title"] = json!("");
+    body["priority"] = json!("high");
+    body["bogus"] = json!(1);
+    body["status"] = json!("paused");
+    body["payload"] = json!({"params": {"note": "a\u{0}b"}});
+    body["after"] = json!([
+        {"task": "fine-name"},
+        {"task": "not a name", "when": "later"},
+        {"condition": "sometimes"},
+    ]);
+    let r = app.post("/tasks", ADMIN, body).await;
+    let body = expect_error(r, 422, "validation_failed").await;
+    let mut fields: Vec<&str> = body["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "after[1].task",
+            "after[1].when",
+            "after[2].condition",
+            "after[2].task",
+            "bogus",
+            "payload.params.note",
+            "priority",
+            "status",
+            "title",
+        ],
+        "{body}"
+    );
+    assert_eq!(app.audit_count("task.create").await, 0);
+    // The same body as an edit reports the same fields (none of them is required there).
+    let task = expect(app.post("/tasks", ADMIN, cron_task("ok")).await, 201).await;
+    let r = app
+        .patch(
+            &format!("/tasks/{}", task["id"].as_str().unwrap()),
+            ADMIN,
+            json!({"title": "", "max_retries": 11, "after": [{"task": 5}]}),
+        )
+        .await;
+    let body = expect_error(r, 422, "validation_failed").await;
+    let fields: Vec<&str> = body["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["title", "max_retries", "after[0].task"], "{body}");
+}

@@ -157,4 +157,33 @@ async fn the_openapi_document_describes_every_route() {
     }
     assert!(doc["components"]["schemas"]["ErrorEnvelope"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // The task body's schema is derived from the typed body the server reads: create and edit share its
+    // fields and limits and differ only in what is required; nothing else is accepted.
+    let schemas = &doc["components"]["schemas"];
+    let (create, patch) = (&schemas["TaskCreate"], &schemas["TaskPatch"]);
+    assert_eq!(
+        create["required"],
+        serde_json::json!(["title", "schedule_kind", "schedule_expr"])
+    );
+    assert!(
+        patch
+            .get("required")
+            .is_none_or(|r| r == &serde_json::json!([])),
+        "{patch}"
+    );
+    assert_eq!(create["properties"], patch["properties"]);
+    assert_eq!(create["additionalProperties"], false);
+    let props = &create["properties"];
+    assert_eq!(props["title"]["maxLength"], 200);
+    assert_eq!(props["priority"]["minimum"], 1);
+    assert_eq!(props["priority"]["maximum"], 9);
+    assert_eq!(
+        props["overlap"]["enum"],
+        serde_json::json!(["allow", "skip", "queue"])
+    );
+    assert_eq!(props["after"]["maxItems"], 1000);
+    assert_eq!(
+        props["after"]["items"]["required"],
+        serde_json::json!(["task"])
+    );
 }
