@@ -200,22 +200,12 @@ pub fn path_i64(raw: &str, field: &str) -> ApiResult<i64> {
     }
 }
 
+pub use orrery::store::Page;
+
 /// `limit` (1..200, default 50) and `offset` (≥ 0) of a paginated list.
-#[derive(Clone, Copy, Debug)]
-pub struct Page {
-    pub limit: i64,
-    pub offset: i64,
-}
-
-impl Page {
-    pub fn from_query(q: &QueryParams) -> ApiResult<Page> {
-        Ok(Page {
-            limit: q.int("limit", 1, 200, 50)?,
-            offset: q.int("offset", 0, i64::MAX, 0)?,
-        })
-    }
-
-    pub fn has_more(&self, returned: usize, total: i64) -> bool {
-        self.offset.saturating_add(returned as i64) < total
-    }
+pub fn page(q: &QueryParams) -> ApiResult<Page> {
+    Ok(Page {
+        limit: q.int("limit", 1, 200, 50)?,
+        offset: q.int("offset", 0, i64::MAX, 0)?,
+    })
 }

@@ -10,9 +10,29 @@
 //! Every function takes any client or transaction (`GenericClient`), binds the injected clock
 //! (`coalesce($n::timestamptz, now())`), and maps rows by column name.
 
+pub mod backlog;
+pub mod console;
+pub mod dependencies;
 pub mod queue;
+pub mod queues;
+pub mod rows;
+pub mod runs;
 pub mod tasks;
 pub mod work;
+
+/// One page of a list: `limit` rows from `offset`.
+#[derive(Clone, Copy, Debug)]
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl Page {
+    /// Whether rows remain after this page, out of `total`.
+    pub fn has_more(&self, returned: usize, total: i64) -> bool {
+        self.offset.saturating_add(returned as i64) < total
+    }
+}
 
 /// The implicit concurrency key of a task's work, as SQL over the task row aliased `t`: the task's own key, or
 /// `task:<id>` when its overlap policy is not `allow` (so the claim serializes the task's runs). Written here

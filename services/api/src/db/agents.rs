@@ -167,3 +167,10 @@ pub async fn revoke_token(c: &impl Db, agent_id: Uuid, token_id: Uuid) -> Result
         .await?;
     Ok(c.execute(&st, &[&token_id, &agent_id]).await? > 0)
 }
+
+pub async fn agent_exists(c: &impl Db, id: Uuid) -> Result<bool, Error> {
+    let st = c
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM agent WHERE id = $1)")
+        .await?;
+    Ok(c.query_one(&st, &[&id]).await?.get(0))
+}

@@ -1,14 +1,10 @@
-//! All SQL of the API, in small named functions. Handlers parse, call these and map errors.
+//! The API's own SQL (agents, tokens, secrets, the audit log, events): small named functions. Statements on
+//! tasks, runs, due work and queues are the store's (`orrery::store`).
 
 pub mod agents;
 pub mod audit;
-pub mod dependencies;
 pub mod events;
-pub mod queue;
-pub mod queues;
-pub mod runs;
 pub mod secrets;
-pub mod tasks;
 
 use chrono::{DateTime, Utc};
 pub use deadpool_postgres::GenericClient as Db;

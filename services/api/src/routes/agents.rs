@@ -12,7 +12,7 @@ use crate::body::{
 };
 use crate::db;
 use crate::error::{sqlstate, ApiError, ApiResult, ErrorEnvelope, FieldError};
-use crate::input::{path_uuid, JsonBody, Page, QueryParams};
+use crate::input::{path_uuid, JsonBody, QueryParams};
 use crate::models::{Agent, AgentCreated, AgentPage, NewTokenResponse, TokenList};
 use crate::state::AppState;
 
@@ -140,7 +140,7 @@ pub async fn list(
     q: QueryParams,
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::Admin)?;
-    let page = Page::from_query(&q)?;
+    let page = crate::input::page(&q)?;
     let client = state.db().await?;
     let (items, total) = db::agents::list_agents(&client, page).await?;
     let has_more = page.has_more(items.len(), total);

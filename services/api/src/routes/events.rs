@@ -2,6 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 use orrery::model::Scope;
+use orrery::store;
 use orrery::streams::EVENTS;
 use serde_json::{json, Value};
 use utoipa::openapi::schema::Schema;
@@ -80,7 +81,7 @@ pub async fn publish(
 
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
-    let matching: Vec<_> = db::tasks::active_event_tasks(&tx, caller.owner_filter())
+    let matching: Vec<_> = store::tasks::active_event_tasks(&tx, caller.owner_filter())
         .await?
         .into_iter()
         .filter(|(_, pattern)| validation::topic_matches(pattern, &topic))
@@ -206,7 +207,7 @@ pub async fn recent(
 pub async fn topics(state: web::Data<AppState>, caller: Caller) -> ApiResult<HttpResponse> {
     caller.require(Scope::Admin)?;
     let client = state.db().await?;
-    let rows = db::tasks::active_event_tasks(&client, None).await?;
+    let rows = store::tasks::active_event_tasks(&client, None).await?;
     let mut items: Vec<TopicGroup> = Vec::new();
     for (task, pattern) in rows {
         match items.last_mut() {

@@ -1,5 +1,6 @@
 //! /health/live, /health/ready, /health and /metrics (unauthenticated).
 
+use orrery::store;
 use std::time::Instant;
 
 use actix_web::{web, HttpResponse};
@@ -7,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use crate::db;
 use crate::error::{ApiError, ApiResult, ErrorEnvelope};
 use crate::state::AppState;
 
@@ -91,9 +91,9 @@ pub async fn health(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     let started = Instant::now();
     let db_result = async {
         let client = state.db().await?;
-        db::queue::ping(&client).await?;
+        store::backlog::ping(&client).await?;
         let db_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let (schedulers, workers) = db::queue::liveness(&client).await?;
+        let (schedulers, workers) = store::backlog::liveness(&client).await?;
         Ok::<_, ApiError>((db_ms, schedulers, workers))
     };
     let redis_started = Instant::now();
@@ -180,8 +180,8 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         tokio::spawn(async move {
             let refresh = async {
                 let client = state.db().await.ok()?;
-                let summary = db::queue::summary(&client).await.ok()?;
-                Some((summary, db::queues::list(&client).await.ok()))
+                let summary = store::backlog::summary(&client).await.ok()?;
+                Some((summary, store::queues::list(&client).await.ok()))
             };
             if let Ok(Some((s, named))) =
                 tokio::time::timeout(std::time::Duration::from_secs(5), refresh).await

@@ -2,13 +2,14 @@
 
 use actix_web::{web, HttpResponse};
 use orrery::model::{Scope, TaskStatus};
+use orrery::store;
 use serde_json::json;
 
 use super::wake_workers;
 use crate::auth::Caller;
 use crate::db;
 use crate::error::{ApiError, ApiResult, ErrorEnvelope};
-use crate::input::{path_i64, Page, QueryParams};
+use crate::input::{path_i64, QueryParams};
 use crate::models::{DeadWorkPage, QueueSummary, ReplayAccepted, WorkerList};
 use crate::state::AppState;
 
@@ -18,7 +19,7 @@ use crate::state::AppState;
 pub async fn summary(state: web::Data<AppState>, caller: Caller) -> ApiResult<HttpResponse> {
     caller.require(Scope::Admin)?;
     let client = state.db().await?;
-    Ok(HttpResponse::Ok().json(db::queue::summary(&client).await?))
+    Ok(HttpResponse::Ok().json(store::backlog::summary(&client).await?))
 }
 
 #[utoipa::path(get, path = "/queue/dead", tag = "queue",
@@ -32,9 +33,9 @@ pub async fn dead(
     q: QueryParams,
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::Admin)?;
-    let page = Page::from_query(&q)?;
+    let page = crate::input::page(&q)?;
     let client = state.db().await?;
-    let (items, total) = db::queue::list_dead(&client, page).await?;
+    let (items, total) = store::backlog::list_dead(&client, page).await?;
     let has_more = page.has_more(items.len(), total);
     Ok(HttpResponse::Ok().json(DeadWorkPage {
         items,
@@ -130,6 +131,6 @@ pub async fn workers(state: web::Data<AppState>, caller: Caller) -> ApiResult<Ht
     caller.require(Scope::Admin)?;
     let client = state.db().await?;
     Ok(HttpResponse::Ok().json(WorkerList {
-        items: db::queue::workers(&client).await?,
+        items: store::backlog::workers(&client).await?,
     }))
 }

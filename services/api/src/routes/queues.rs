@@ -2,6 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 use orrery::model::Scope;
+use orrery::store;
 use serde_json::{json, Value};
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
@@ -10,11 +11,11 @@ use crate::body::{
     read_body, request_body, type_name, Bool, Field, FieldValue, Int, Nullable, ReadOnly,
 };
 use crate::db;
-use crate::db::queues::QueueSettings;
 use crate::error::{ApiError, ApiResult, ErrorEnvelope, FieldError};
 use crate::input::JsonBody;
 use crate::models::{NamedQueue, NamedQueueList, RateLimit};
 use crate::state::AppState;
+use orrery::store::queues::QueueSettings;
 
 request_body!(
     /// Body of PUT /queues/{name} (absent fields take their defaults) and PATCH (absent fields are kept).
@@ -138,7 +139,7 @@ pub async fn list(state: web::Data<AppState>, caller: Caller) -> ApiResult<HttpR
     caller.require(Scope::Admin)?;
     let client = state.db().await?;
     Ok(HttpResponse::Ok().json(NamedQueueList {
-        items: db::queues::list(&client).await?,
+        items: store::queues::list(&client).await?,
     }))
 }
 
@@ -155,7 +156,7 @@ pub async fn get(
     caller.require(Scope::Admin)?;
     let name = queue_name(&path)?;
     let client = state.db().await?;
-    let q = db::queues::get(&client, &name)
+    let q = store::queues::get(&client, &name)
         .await?
         .ok_or_else(|| ApiError::not_found("Queue", &name))?;
     Ok(HttpResponse::Ok().json(q))
@@ -208,14 +209,14 @@ async fn write(
 ) -> ApiResult<HttpResponse> {
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
-    let before = db::queues::lock_settings(&tx, name).await?;
+    let before = store::queues::lock_settings(&tx, name).await?;
     let base = match (&before, replace) {
         (_, true) => DEFAULTS,
         (Some(b), false) => b.clone(),
         (None, false) => return Err(ApiError::not_found("Queue", name)),
     };
     let after = apply(base, input);
-    db::queues::upsert(&tx, name, &after).await?;
+    store::queues::upsert(&tx, name, &after).await?;
     db::audit(
         &tx,
         caller.agent_id,
@@ -234,7 +235,7 @@ async fn write(
         }),
     )
     .await?;
-    let q = db::queues::get(&tx, name)
+    let q = store::queues::get(&tx, name)
         .await?
         .ok_or_else(|| ApiError::not_found("Queue", name))?;
     tx.commit().await?;

@@ -2,12 +2,12 @@
 
 use actix_web::{web, HttpResponse};
 use orrery::model::Scope;
+use orrery::store;
 
 use super::tasks::visible_task;
 use crate::auth::Caller;
-use crate::db;
 use crate::error::{ApiError, ApiResult, ErrorEnvelope};
-use crate::input::{path_i64, path_uuid, Page, QueryParams};
+use crate::input::{path_i64, path_uuid, QueryParams};
 use crate::models::{Run, RunPage, RunStats};
 use crate::state::AppState;
 
@@ -28,8 +28,8 @@ pub async fn list(
     q: QueryParams,
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::RunsRead)?;
-    let page = Page::from_query(&q)?;
-    let filter = db::runs::RunFilter {
+    let page = crate::input::page(&q)?;
+    let filter = store::runs::RunFilter {
         task_id: q.uuid("task_id")?,
         success: q.boolean("success")?,
         since: q.instant("since")?,
@@ -38,7 +38,7 @@ pub async fn list(
     };
     let include_errors = q.boolean("include_errors")?.unwrap_or(true);
     let client = state.db().await?;
-    let (items, total) = db::runs::list(&client, &filter, page, include_errors).await?;
+    let (items, total) = store::runs::list(&client, &filter, page, include_errors).await?;
     let has_more = page.has_more(items.len(), total);
     Ok(HttpResponse::Ok().json(RunPage {
         items,
@@ -62,15 +62,15 @@ pub async fn get(
     caller.require(Scope::RunsRead)?;
     let id = path_i64(&path, "id")?;
     let client = state.db().await?;
-    let mut run = db::runs::get(&client, id, caller.owner_filter())
+    let mut run = store::runs::get(&client, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Run", id))?;
     // The run's place in its chain (docs/flow-control.md#dependencies).
     run.parents = Some(match run.trace_id {
-        Some(trace) => db::dependencies::run_parents(&client, run.task_id, trace).await?,
+        Some(trace) => store::dependencies::run_parents(&client, run.task_id, trace).await?,
         None => Vec::new(),
     });
-    run.children = Some(db::dependencies::run_children(&client, run.id).await?);
+    run.children = Some(store::dependencies::run_children(&client, run.id).await?);
     Ok(HttpResponse::Ok().json(run))
 }
 
@@ -88,7 +88,7 @@ pub async fn latest(
     let id = path_uuid(&path, "id")?;
     let client = state.db().await?;
     visible_task(&client, &caller, id).await?;
-    let run = db::runs::latest(&client, id).await?;
+    let run = store::runs::latest(&client, id).await?;
     Ok(HttpResponse::Ok().json(run))
 }
 
@@ -108,7 +108,7 @@ pub async fn task_stats(
     let days = q.int("days", 1, MAX_DAYS, 7)? as i32;
     let client = state.db().await?;
     visible_task(&client, &caller, id).await?;
-    let stats = db::runs::stats(&client, Some(id), None, days).await?;
+    let stats = store::runs::stats(&client, Some(id), None, days).await?;
     Ok(HttpResponse::Ok().json(stats))
 }
 
@@ -125,6 +125,6 @@ pub async fn global_stats(
     caller.require(Scope::Admin)?;
     let days = q.int("days", 1, MAX_DAYS, 7)? as i32;
     let client = state.db().await?;
-    let stats = db::runs::stats(&client, None, None, days).await?;
+    let stats = store::runs::stats(&client, None, None, days).await?;
     Ok(HttpResponse::Ok().json(stats))
 }

@@ -96,7 +96,7 @@ pub async fn put(
     drop(value);
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
-    if !db::tasks::agent_exists(&tx, owner).await? {
+    if !db::agents::agent_exists(&tx, owner).await? {
         return Err(ApiError::field("owner", "no agent has this id"));
     }
     let (info, created) = db::secrets::put(&tx, owner, &name, &sealed).await?;

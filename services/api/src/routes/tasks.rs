@@ -21,14 +21,15 @@ use crate::body::{
     self, named_schema, read_body, request_body, Choice, Field, FieldValue, Id, Instant, Int,
     JsonObject, List, Name, NameRule, Nullable, ReadOnly, Text,
 };
-use crate::db::{self, tasks::Cursor, tasks::TaskValues};
+use crate::db;
 use crate::error::{ApiError, ApiResult, ErrorEnvelope, FieldError};
-use crate::input::{path_uuid, JsonBody, OptionalJsonBody, Page, QueryParams};
+use crate::input::{path_uuid, JsonBody, OptionalJsonBody, QueryParams};
 use crate::models::{
     BackfillReport, Fires, RunNowAccepted, Snoozed, Task, TaskPage, TaskRow, TaskTransition,
 };
 use crate::state::AppState;
 use crate::validation;
+use orrery::store::tasks::{Cursor, TaskValues};
 
 /// Most parents of one task.
 pub const MAX_AFTER: usize = 1000;
@@ -409,8 +410,8 @@ async fn resolve_after(
             _ => None,
         };
         let found = match Uuid::parse_str(&task) {
-            Ok(id) => db::dependencies::parent_by_id(c, id, owner).await?,
-            Err(_) => db::dependencies::parent_by_name(c, v.created_by, &task).await?,
+            Ok(id) => store::dependencies::parent_by_id(c, id, owner).await?,
+            Err(_) => store::dependencies::parent_by_name(c, v.created_by, &task).await?,
         };
         let is_self = match &found {
             Some(p) => Some(p.id) == this,
@@ -451,7 +452,7 @@ async fn resolve_after(
             continue;
         }
         let _ = p.name;
-        stored.push(db::dependencies::stored_entry(
+        stored.push(store::dependencies::stored_entry(
             &task,
             p.id,
             condition.as_str(),
@@ -476,13 +477,13 @@ fn parent_ids(after: &Value) -> Vec<Uuid> {
 }
 
 /// 422 when running `task` after `after` would close a cycle, naming the entry and the cycle. Call with the
-/// graph locked (db::dependencies::lock_graph) in the transaction that writes the edges.
+/// graph locked (store::dependencies::lock_graph) in the transaction that writes the edges.
 async fn check_cycle(c: &impl db::Db, task: Uuid, after: &Value) -> ApiResult<()> {
     let parents = parent_ids(after);
-    let Some((i, path)) = db::dependencies::find_cycle(c, task, &parents).await? else {
+    let Some((i, path)) = store::dependencies::find_cycle(c, task, &parents).await? else {
         return Ok(());
     };
-    let labels = db::dependencies::labels(c, &path).await?;
+    let labels = store::dependencies::labels(c, &path).await?;
     let shown: Vec<String> = path
         .iter()
         .map(|id| labels.get(id).cloned().unwrap_or_else(|| id.to_string()))
@@ -593,7 +594,7 @@ async fn check_created_by(c: &impl db::Db, caller: &Caller, created_by: Uuid) ->
             "only admins may create or move tasks on behalf of another agent",
         ));
     }
-    if !db::tasks::agent_exists(c, created_by).await? {
+    if !db::agents::agent_exists(c, created_by).await? {
         return Err(ApiError::field("created_by", "no agent has this id"));
     }
     Ok(())
@@ -603,9 +604,9 @@ async fn check_dedupe(c: &impl db::Db, v: &TaskValues, exclude: Option<Uuid>) ->
     let Some(key) = &v.dedupe_key else {
         return Ok(());
     };
-    db::tasks::lock_dedupe_key(c, v.created_by, key).await?;
+    store::tasks::lock_dedupe_key(c, v.created_by, key).await?;
     if let Some(existing) =
-        db::tasks::find_duplicate(c, v.created_by, key, v.dedupe_window_seconds, exclude).await?
+        store::tasks::find_duplicate(c, v.created_by, key, v.dedupe_window_seconds, exclude).await?
     {
         return Err(ApiError::Conflict {
             message: format!("task {existing} already holds dedupe_key {key:?}"),
@@ -620,7 +621,7 @@ async fn check_name(c: &impl db::Db, v: &TaskValues, exclude: Option<Uuid>) -> A
     let Some(name) = &v.name else {
         return Ok(());
     };
-    match db::tasks::find_by_name(c, v.created_by, name, exclude).await? {
+    match store::tasks::find_by_name(c, v.created_by, name, exclude).await? {
         Some(existing) => Err(name_taken(existing, name)),
         None => Ok(()),
     }
@@ -640,7 +641,7 @@ async fn name_race(c: &impl db::Db, v: &TaskValues, e: tokio_postgres::Error) ->
         .and_then(|d| d.constraint())
         .is_some_and(|c| c == "task_owner_name");
     match (&v.name, is_name) {
-        (Some(name), true) => match db::tasks::find_by_name(c, v.created_by, name, None).await {
+        (Some(name), true) => match store::tasks::find_by_name(c, v.created_by, name, None).await {
             Ok(Some(existing)) => name_taken(existing, name),
             _ => ApiError::conflict(format!("another task already has the name {name:?}")),
         },
@@ -732,7 +733,7 @@ pub async fn create(
     let inserted = if values.dedupe_key.is_some() {
         let tx = client.transaction().await?;
         check_dedupe(&tx, &values, None).await?;
-        match db::tasks::insert_audited(&tx, &values, until, cursor.next_run_at, caller.agent_id)
+        match store::tasks::insert_audited(&tx, &values, until, cursor.next_run_at, caller.agent_id)
             .await
         {
             Ok(row) => {
@@ -743,7 +744,7 @@ pub async fn create(
         }
     } else {
         // The common case needs no transaction: task and audit record are one statement.
-        db::tasks::insert_audited(&client, &values, until, cursor.next_run_at, caller.agent_id)
+        store::tasks::insert_audited(&client, &values, until, cursor.next_run_at, caller.agent_id)
             .await
     };
     let task = match inserted {
@@ -775,7 +776,7 @@ pub async fn list(
     q: QueryParams,
 ) -> ApiResult<HttpResponse> {
     caller.require(Scope::TasksRead)?;
-    let page = Page::from_query(&q)?;
+    let page = crate::input::page(&q)?;
     let status = q
         .parsed::<TaskStatus>("status", &format!("one of {}", TaskStatus::expected()))?
         .map(|s| s.as_str().to_string());
@@ -786,7 +787,7 @@ pub async fn list(
         Some(n) if !valid_name(n) => return Err(ApiError::field("name", NAME_RULE)),
         other => other.map(str::to_string),
     };
-    let filter = db::tasks::TaskFilter {
+    let filter = store::tasks::TaskFilter {
         status,
         schedule_kind,
         created_by: q.uuid("created_by")?,
@@ -794,7 +795,7 @@ pub async fn list(
         name,
     };
     let client = state.db().await?;
-    let (items, total) = db::tasks::list(&client, &filter, page).await?;
+    let (items, total) = store::tasks::list(&client, &filter, page).await?;
     let has_more = page.has_more(items.len(), total);
     Ok(HttpResponse::Ok().json(TaskPage {
         items,
@@ -807,7 +808,7 @@ pub async fn list(
 
 /// Loads a task the caller may see (another agent's task is a 404, never a 403).
 pub async fn visible_task(c: &impl db::Db, caller: &Caller, id: Uuid) -> ApiResult<TaskRow> {
-    db::tasks::get(c, id, caller.owner_filter())
+    store::tasks::get(c, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))
 }
@@ -851,9 +852,9 @@ pub async fn patch(
     // The graph lock comes before any row lock: an edit of `after` inserts edges whose foreign keys lock the
     // parents' rows, so taking it after this task's row lock could deadlock with another edit.
     if !after_input.is_absent() {
-        db::dependencies::lock_graph(&tx).await?;
+        store::dependencies::lock_graph(&tx).await?;
     }
-    let row = db::tasks::lock(&tx, id, caller.owner_filter())
+    let row = store::tasks::lock(&tx, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
     if row.task.status.is_terminal() {
@@ -917,7 +918,7 @@ pub async fn patch(
     if schedule_changed {
         work::remove_unleased(&tx, id, true, &state.clock).await?;
     }
-    let updated = match db::tasks::update(&tx, id, &values, cursor).await {
+    let updated = match store::tasks::update(&tx, id, &values, cursor).await {
         Ok(row) => row.task,
         Err(e) if crate::error::sqlstate(&e) == Some("23505") => {
             drop(tx);
@@ -1011,12 +1012,12 @@ pub async fn delete(
     let id = path_uuid(&path, "id")?;
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
-    db::dependencies::lock_graph(&tx).await?;
-    let row = db::tasks::lock(&tx, id, caller.owner_filter())
+    store::dependencies::lock_graph(&tx).await?;
+    let row = store::tasks::lock(&tx, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
-    let dependents = db::dependencies::forget_parent(&tx, id).await?;
-    db::tasks::delete(&tx, id).await?;
+    let dependents = store::dependencies::forget_parent(&tx, id).await?;
+    store::tasks::delete(&tx, id).await?;
     db::audit(
         &tx,
         caller.agent_id,
@@ -1043,7 +1044,7 @@ async fn transition(
     let id = path_uuid(&path, "id")?;
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
-    let row = db::tasks::lock(&tx, id, caller.owner_filter())
+    let row = store::tasks::lock(&tx, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
     let previous = row.task.status;
@@ -1073,7 +1074,7 @@ async fn transition(
                 json!(work::hold_dependents(&tx, id, &state.clock).await?);
         }
         Action::Cancel => {
-            let (edges, gates) = db::dependencies::drop_for_cancel(&tx, id).await?;
+            let (edges, gates) = store::dependencies::drop_for_cancel(&tx, id).await?;
             details["dependencies_dropped"] = json!(edges);
             details["dependency_gates_dropped"] = json!(gates);
         }
@@ -1113,7 +1114,7 @@ async fn transition(
             store::tasks::set_status(&tx, id, to, None, None, &state.clock).await?;
         }
     }
-    let updated = db::tasks::get(&tx, id, None)
+    let updated = store::tasks::get(&tx, id, None)
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
     db::audit(
@@ -1191,7 +1192,7 @@ pub async fn run_now(
     };
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
-    let row = db::tasks::lock(&tx, id, caller.owner_filter())
+    let row = store::tasks::lock(&tx, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
     if !row.task.status.accepts_manual_work() {
@@ -1250,7 +1251,7 @@ pub async fn snooze(
     let delay = delay as i32;
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
-    let row = db::tasks::lock(&tx, id, caller.owner_filter())
+    let row = store::tasks::lock(&tx, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
     if !row.task.status.accepts_manual_work() {
@@ -1294,7 +1295,8 @@ pub async fn snooze(
                             "the next fire of Task {id} is being materialized; retry"
                         ))
                     })?;
-                let updated = db::tasks::set_materialized_until(&tx, id, fire, Some(fire)).await?;
+                let updated =
+                    store::tasks::set_materialized_until(&tx, id, fire, Some(fire)).await?;
                 (wid, fire, ready_at, updated.task)
             }
         };
@@ -1371,7 +1373,7 @@ pub async fn backfill(
 
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
-    let row = db::tasks::lock(&tx, id, caller.owner_filter())
+    let row = store::tasks::lock(&tx, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
     let now = db::now(&tx, &state.clock).await?;

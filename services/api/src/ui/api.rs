@@ -5,13 +5,14 @@ use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use orrery::model::{Scope, TaskStatus};
 use orrery::schedule::ScheduleKind;
+use orrery::store;
 use uuid::Uuid;
 
 use super::models::{
     ConsoleDeadPage, ConsoleDeadWork, ConsoleRunPage, ConsoleTask, ConsoleTaskPage, Me, Overview,
     RunAttempts, TaskFacets, Timeline,
 };
-use super::{queries, timeline};
+use super::timeline;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorEnvelope};
 use crate::input::{path_i64, path_uuid, QueryParams};
@@ -53,7 +54,7 @@ fn parse_cursor<K: std::str::FromStr>(
     security(("bearer" = [])))]
 pub async fn me(state: web::Data<AppState>, caller: Caller) -> ApiResult<HttpResponse> {
     let client = state.db().await?;
-    let name = queries::agent_name(&client, caller.agent_id)
+    let name = store::console::agent_name(&client, caller.agent_id)
         .await?
         .unwrap_or_else(|| "system".into());
     Ok(HttpResponse::Ok().json(Me {
@@ -73,7 +74,7 @@ pub async fn overview(state: web::Data<AppState>, caller: Caller) -> ApiResult<H
     caller.require(Scope::TasksRead)?;
     let with_runs = caller.require(Scope::RunsRead).is_ok();
     let client = state.db().await?;
-    let o: Overview = queries::overview(
+    let o: Overview = store::console::overview(
         &client,
         caller.owner_filter(),
         with_runs,
@@ -136,7 +137,7 @@ pub async fn tasks(
             "must be at most 200 characters of text",
         ));
     }
-    let query = queries::TaskQuery {
+    let query = store::console::TaskQuery {
         owner: caller.owner_filter(),
         status,
         schedule_kind,
@@ -148,7 +149,7 @@ pub async fn tasks(
         limit: limit + 1,
     };
     let client = state.db().await?;
-    let mut rows = queries::tasks(&client, &query).await?;
+    let mut rows = store::console::tasks(&client, &query).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next_cursor = more
@@ -158,7 +159,7 @@ pub async fn tasks(
     let mut owners: Vec<Uuid> = rows.iter().map(|r| r.task.created_by).collect();
     owners.sort();
     owners.dedup();
-    let names = queries::agent_names(&client, &owners).await?;
+    let names = store::console::agent_names(&client, &owners).await?;
     let items = rows
         .into_iter()
         .map(|r| ConsoleTask {
@@ -176,7 +177,7 @@ pub async fn tasks(
 pub async fn facets(state: web::Data<AppState>, caller: Caller) -> ApiResult<HttpResponse> {
     caller.require(Scope::TasksRead)?;
     let client = state.db().await?;
-    let (timezones, owners) = queries::facets(&client, caller.owner_filter()).await?;
+    let (timezones, owners) = store::console::facets(&client, caller.owner_filter()).await?;
     Ok(HttpResponse::Ok().json(TaskFacets { timezones, owners }))
 }
 
@@ -205,7 +206,7 @@ pub async fn task_runs(
     };
     let client = state.db().await?;
     visible_task(&client, &caller, id).await?;
-    let mut items = queries::task_runs(&client, id, before, limit + 1).await?;
+    let mut items = store::console::task_runs(&client, id, before, limit + 1).await?;
     let more = items.len() as i64 > limit;
     items.truncate(limit as usize);
     let next_cursor = more
@@ -229,12 +230,12 @@ pub async fn attempts(
     caller.require(Scope::RunsRead)?;
     let id = path_i64(&path, "id")?;
     let client = state.db().await?;
-    let run = crate::db::runs::get(&client, id, caller.owner_filter())
+    let run = store::runs::get(&client, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Run", id))?;
     let task = visible_task(&client, &caller, run.task_id).await?;
     let items = match run.due_work_id {
-        Some(due) => queries::attempts(&client, run.task_id, due).await?,
+        Some(due) => store::console::attempts(&client, run.task_id, due).await?,
         None => vec![run.clone()],
     };
     Ok(HttpResponse::Ok().json(RunAttempts {
@@ -306,7 +307,7 @@ pub async fn dead(
     let limit = q.int("limit", 1, 200, 50)?;
     let after = parse_cursor::<i64>(&q, "after")?;
     let client = state.db().await?;
-    let mut rows = queries::dead(&client, after, limit + 1).await?;
+    let mut rows = store::console::dead(&client, after, limit + 1).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next_cursor = more
@@ -316,7 +317,7 @@ pub async fn dead(
     let mut ids: Vec<Uuid> = rows.iter().map(|w| w.task_id).collect();
     ids.sort();
     ids.dedup();
-    let titles = queries::task_titles(&client, &ids).await?;
+    let titles = store::console::task_titles(&client, &ids).await?;
     let items = rows
         .into_iter()
         .map(|w| ConsoleDeadWork {

@@ -4,7 +4,6 @@
 
 pub mod api;
 pub mod models;
-pub mod queries;
 pub mod stream;
 pub mod timeline;
 

@@ -1,11 +1,14 @@
 //! Response shapes of the console's read-only endpoints (and their OpenAPI schemas).
 
-use chrono::{DateTime, Utc};
+use crate::models::{DeadWork, Run, Task};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::models::{DeadWork, Run, Task};
+pub use orrery::store::console::{
+    HourBucket, NextFire, Outcomes, Overview, OwnerRef, RunCounts, TaskCounts, WorkCounts,
+    WorkerCounts,
+};
 
 /// Who the token belongs to and what it may do.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -14,85 +17,6 @@ pub struct Me {
     pub name: String,
     pub scopes: Vec<String>,
     pub admin: bool,
-}
-
-/// Tasks by status (only the caller's own tasks unless admin).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-pub struct TaskCounts {
-    pub active: i64,
-    pub paused: i64,
-    pub canceled: i64,
-    pub completed: i64,
-}
-
-/// Work in the queue (due_work rows).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-pub struct WorkCounts {
-    /// Pending, ready now, not leased.
-    pub due: i64,
-    /// Pending with ready_at in the future.
-    pub scheduled: i64,
-    /// Held by a live lease (running).
-    pub running: i64,
-    pub dead: i64,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-pub struct Outcomes {
-    pub succeeded: i64,
-    pub failed: i64,
-}
-
-/// Runs finished in one hour of the last day.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct HourBucket {
-    /// Start of the hour-long window (now − (hours_ago + 1) h, exclusive of the next bucket).
-    pub hours_ago: i32,
-    pub succeeded: i64,
-    pub failed: i64,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-pub struct RunCounts {
-    pub last_hour: Outcomes,
-    pub last_day: Outcomes,
-    /// 24 buckets, hours_ago 0 (the last hour) to 23.
-    pub by_hour: Vec<HourBucket>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-pub struct WorkerCounts {
-    /// Seen within the last 15 s and not stopped.
-    pub alive: i64,
-    /// Heartbeat rows, stale ones included.
-    pub total: i64,
-    /// Whether a scheduler heartbeat is younger than 30 s.
-    pub scheduler_alive: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct NextFire {
-    pub task_id: Uuid,
-    pub title: String,
-    pub schedule_kind: String,
-    pub schedule_expr: String,
-    pub timezone: String,
-    pub next_run_at: DateTime<Utc>,
-}
-
-/// GET /console/overview. Sections the token may not see are null.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Overview {
-    pub generated_at: DateTime<Utc>,
-    pub tasks: TaskCounts,
-    /// Queue counts of the caller's tasks (every task for admins).
-    pub work: WorkCounts,
-    /// Null without the runs:read scope.
-    pub runs: Option<RunCounts>,
-    /// Null unless admin.
-    pub workers: Option<WorkerCounts>,
-    /// The 10 earliest upcoming fires across the tasks the caller may see.
-    pub next_fires: Vec<NextFire>,
 }
 
 /// A task in the console list, with its owner's name.
@@ -108,12 +32,6 @@ pub struct ConsoleTask {
 pub struct ConsoleTaskPage {
     pub items: Vec<ConsoleTask>,
     pub next_cursor: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct OwnerRef {
-    pub id: Uuid,
-    pub name: String,
 }
 
 /// Values the task filters can take, among the tasks the caller may see.

@@ -2,6 +2,7 @@
 //! see. Redis down: 503 at once (the console falls back to polling); Redis lost mid-stream: an `error`
 //! event, then the response ends. A comment line every 15 s keeps proxies from timing the stream out.
 
+use orrery::store;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -15,7 +16,6 @@ use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::queries;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorEnvelope};
 use crate::state::AppState;
@@ -65,7 +65,7 @@ impl Feed {
                 self.visible.clear();
             }
             let owned = match self.state.pool.get().await {
-                Ok(c) => queries::owned_tasks(&c, &unknown, owner)
+                Ok(c) => store::console::owned_tasks(&c, &unknown, owner)
                     .await
                     .unwrap_or_default(),
                 Err(_) => Vec::new(),

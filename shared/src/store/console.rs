@@ -1,16 +1,100 @@
-//! The console's SQL: counts for the overview and keyset-paginated lists (never OFFSET).
+//! The console's reads: counts for the overview and keyset-paginated lists (never OFFSET).
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use tokio_postgres::Error;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::models::{
-    HourBucket, NextFire, Overview, OwnerRef, RunCounts, TaskCounts, WorkCounts, WorkerCounts,
-};
-use crate::db::Db;
-use crate::models::{DeadWork, Run, TaskRow, DEAD_COLUMNS, RUN_COLUMNS, TASK_COLUMNS};
+use super::rows::{DeadWork, Run, TaskRow, DEAD_COLUMNS, RUN_COLUMNS, TASK_COLUMNS};
+use deadpool_postgres::GenericClient as Db;
+
+/// Tasks by status (only the caller's own tasks unless admin).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct TaskCounts {
+    pub active: i64,
+    pub paused: i64,
+    pub canceled: i64,
+    pub completed: i64,
+}
+
+/// Work in the queue (due_work rows).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct WorkCounts {
+    /// Pending, ready now, not leased.
+    pub due: i64,
+    /// Pending with ready_at in the future.
+    pub scheduled: i64,
+    /// Held by a live lease (running).
+    pub running: i64,
+    pub dead: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Outcomes {
+    pub succeeded: i64,
+    pub failed: i64,
+}
+
+/// Runs finished in one hour of the last day.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HourBucket {
+    /// Start of the hour-long window (now − (hours_ago + 1) h, exclusive of the next bucket).
+    pub hours_ago: i32,
+    pub succeeded: i64,
+    pub failed: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct RunCounts {
+    pub last_hour: Outcomes,
+    pub last_day: Outcomes,
+    /// 24 buckets, hours_ago 0 (the last hour) to 23.
+    pub by_hour: Vec<HourBucket>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct WorkerCounts {
+    /// Seen within the last 15 s and not stopped.
+    pub alive: i64,
+    /// Heartbeat rows, stale ones included.
+    pub total: i64,
+    /// Whether a scheduler heartbeat is younger than 30 s.
+    pub scheduler_alive: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NextFire {
+    pub task_id: Uuid,
+    pub title: String,
+    pub schedule_kind: String,
+    pub schedule_expr: String,
+    pub timezone: String,
+    pub next_run_at: DateTime<Utc>,
+}
+
+/// GET /console/overview. Sections the token may not see are null.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Overview {
+    pub generated_at: DateTime<Utc>,
+    pub tasks: TaskCounts,
+    /// Queue counts of the caller's tasks (every task for admins).
+    pub work: WorkCounts,
+    /// Null without the runs:read scope.
+    pub runs: Option<RunCounts>,
+    /// Null unless admin.
+    pub workers: Option<WorkerCounts>,
+    /// The 10 earliest upcoming fires across the tasks the caller may see.
+    pub next_fires: Vec<NextFire>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OwnerRef {
+    pub id: Uuid,
+    pub name: String,
+}
 
 /// Seconds without a heartbeat after which a worker counts as gone (three beats).
 pub const WORKER_ALIVE_SECONDS: f64 = 15.0;
@@ -156,7 +240,7 @@ pub async fn overview(
             Ok(None)
         }
     };
-    let (tasks, work, runs, workers, next) = futures::try_join!(
+    let (tasks, work, runs, workers, next) = tokio::try_join!(
         task_counts(c, owner),
         work_counts(c, owner),
         runs,
@@ -266,7 +350,7 @@ pub async fn facets(
         )
         .await?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&owner];
-    let (tz, owners) = futures::try_join!(c.query(&tz, &params), c.query(&owners, &params))?;
+    let (tz, owners) = tokio::try_join!(c.query(&tz, &params), c.query(&owners, &params))?;
     Ok((
         tz.iter().map(|r| r.get(0)).collect(),
         owners

@@ -1,5 +1,5 @@
 //! Task dependencies: resolving `after`, the cycle check, and what the lifecycle actions do to the edges and
-//! gates (docs/flow-control.md#dependencies). The settlement side is in `orrery::queue` (the worker's completion).
+//! gates (docs/flow-control.md#dependencies). The settlement side is in `crate::queue` (the worker's completion).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -7,8 +7,8 @@ use serde_json::Value;
 use tokio_postgres::Error;
 use uuid::Uuid;
 
-use super::Db;
-use crate::models::{RunChild, RunParent};
+use super::rows::{RunChild, RunParent};
+use deadpool_postgres::GenericClient as Db;
 
 /// A task `after` may name: (id, name, status).
 pub struct ParentRef {

@@ -4,9 +4,9 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Error;
 use uuid::Uuid;
 
-use super::Db;
-use crate::input::Page;
-use crate::models::{Run, RunStats, RUN_COLUMNS};
+use super::rows::{Run, RunStats, RUN_COLUMNS};
+use super::Page;
+use deadpool_postgres::GenericClient as Db;
 
 pub struct RunFilter {
     pub task_id: Option<Uuid>,

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use tokio_postgres::Error;
 
-use super::Db;
-use crate::input::Page;
-use crate::models::{DeadWork, PriorityCount, QueueSummary, Worker, DEAD_COLUMNS};
+use super::rows::{DeadWork, PriorityCount, QueueSummary, Worker, DEAD_COLUMNS};
+use super::Page;
+use deadpool_postgres::GenericClient as Db;
 
 /// A worker heartbeats every 5 s; three missed beats and it counts as gone.
 pub const WORKER_ALIVE_SECONDS: i32 = 15;

@@ -2,8 +2,8 @@
 
 use tokio_postgres::{Error, Row};
 
-use super::Db;
-use crate::models::{NamedQueue, RateLimit};
+use super::rows::{NamedQueue, RateLimit};
+use deadpool_postgres::GenericClient as Db;
 
 /// The settings of a queue as written by PUT/PATCH.
 #[derive(Debug, Clone, PartialEq)]
