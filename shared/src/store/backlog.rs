@@ -77,9 +77,9 @@ pub async fn list_dead(c: &impl Db, page: Page) -> Result<(Vec<DeadWork>, i64), 
         .await?;
     let rows = c.query(&st, &[&page.limit, &page.offset]).await?;
     let count = c
-        .prepare_cached("SELECT count(*) FROM due_work WHERE state = 'dead'")
+        .prepare_cached("SELECT count(*) AS total FROM due_work WHERE state = 'dead'")
         .await?;
-    let total: i64 = c.query_one(&count, &[]).await?.get(0);
+    let total: i64 = c.query_one(&count, &[]).await?.get("total");
     Ok((rows.iter().map(DeadWork::from_row).collect(), total))
 }
 
@@ -113,15 +113,15 @@ pub async fn workers(c: &impl Db) -> Result<Vec<Worker>, Error> {
 pub async fn liveness(c: &impl Db) -> Result<(i64, i64), Error> {
     let st = c
         .prepare_cached(
-            "SELECT (SELECT count(*) FROM scheduler_heartbeat WHERE last_seen > now() - make_interval(secs => $1::int)),
+            "SELECT (SELECT count(*) FROM scheduler_heartbeat WHERE last_seen > now() - make_interval(secs => $1::int)) AS schedulers,
                     (SELECT count(*) FROM worker_heartbeat WHERE last_seen > now() - make_interval(secs => $2::int)
-                        AND state <> 'stopped')",
+                        AND state <> 'stopped') AS workers",
         )
         .await?;
     let r = c
         .query_one(&st, &[&SCHEDULER_ALIVE_SECONDS, &WORKER_ALIVE_SECONDS])
         .await?;
-    Ok((r.get(0), r.get(1)))
+    Ok((r.get("schedulers"), r.get("workers")))
 }
 
 pub async fn ping(c: &impl Db) -> Result<(), Error> {

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::rows::{DeadWork, Run, TaskRow, DEAD_COLUMNS, RUN_COLUMNS, TASK_COLUMNS};
+use crate::model::TaskStatus;
 use deadpool_postgres::GenericClient as Db;
 
 /// Tasks by status (only the caller's own tasks unless admin).
@@ -102,18 +103,17 @@ pub const WORKER_ALIVE_SECONDS: f64 = 15.0;
 async fn task_counts(c: &impl Db, owner: Option<Uuid>) -> Result<TaskCounts, Error> {
     let st = c
         .prepare_cached(
-            "SELECT status, count(*) FROM task WHERE ($1::uuid IS NULL OR created_by = $1) GROUP BY status",
+            "SELECT status, count(*) AS n FROM task WHERE ($1::uuid IS NULL OR created_by = $1) GROUP BY status",
         )
         .await?;
     let mut counts = TaskCounts::default();
     for r in c.query(&st, &[&owner]).await? {
-        let status: String = r.get(0);
-        let n: i64 = r.get(1);
-        match status.as_str() {
-            "active" => counts.active = n,
-            "paused" => counts.paused = n,
-            "canceled" => counts.canceled = n,
-            _ => counts.completed += n,
+        let n: i64 = r.get("n");
+        match r.get("status") {
+            TaskStatus::Active => counts.active = n,
+            TaskStatus::Paused => counts.paused = n,
+            TaskStatus::Canceled => counts.canceled = n,
+            TaskStatus::Completed => counts.completed += n,
         }
     }
     Ok(counts)
@@ -123,21 +123,21 @@ async fn work_counts(c: &impl Db, owner: Option<Uuid>) -> Result<WorkCounts, Err
     let st = c
         .prepare_cached(
             "SELECT count(*) FILTER (WHERE d.state = 'pending' AND d.ready_at <= now()
-                                     AND (d.locked_until IS NULL OR d.locked_until <= now())),
+                                     AND (d.locked_until IS NULL OR d.locked_until <= now())) AS due,
                     count(*) FILTER (WHERE d.state = 'pending' AND d.ready_at > now()
-                                     AND (d.locked_until IS NULL OR d.locked_until <= now())),
-                    count(*) FILTER (WHERE d.state = 'pending' AND d.locked_until > now()),
-                    count(*) FILTER (WHERE d.state = 'dead')
+                                     AND (d.locked_until IS NULL OR d.locked_until <= now())) AS scheduled,
+                    count(*) FILTER (WHERE d.state = 'pending' AND d.locked_until > now()) AS running,
+                    count(*) FILTER (WHERE d.state = 'dead') AS dead
                FROM due_work d
               WHERE $1::uuid IS NULL OR d.task_id IN (SELECT id FROM task WHERE created_by = $1)",
         )
         .await?;
     let r = c.query_one(&st, &[&owner]).await?;
     Ok(WorkCounts {
-        due: r.get(0),
-        scheduled: r.get(1),
-        running: r.get(2),
-        dead: r.get(3),
+        due: r.get("due"),
+        scheduled: r.get("scheduled"),
+        running: r.get("running"),
+        dead: r.get("dead"),
     })
 }
 
@@ -146,7 +146,8 @@ async fn run_counts(c: &impl Db, owner: Option<Uuid>) -> Result<RunCounts, Error
     let st = c
         .prepare_cached(
             "SELECT least(floor(extract(epoch FROM now() - r.finished_at) / 3600), 23)::int AS h,
-                    count(*) FILTER (WHERE r.success), count(*) FILTER (WHERE NOT r.success)
+                    count(*) FILTER (WHERE r.success) AS succeeded,
+                    count(*) FILTER (WHERE NOT r.success) AS failed
                FROM task_run r
               WHERE r.finished_at > now() - interval '1 day'
                 AND ($1::uuid IS NULL OR r.task_id IN (SELECT id FROM task WHERE created_by = $1))
@@ -161,10 +162,10 @@ async fn run_counts(c: &impl Db, owner: Option<Uuid>) -> Result<RunCounts, Error
         })
         .collect();
     for r in c.query(&st, &[&owner]).await? {
-        let h: i32 = r.get(0);
+        let h: i32 = r.get("h");
         if let Some(b) = by_hour.get_mut(h.clamp(0, 23) as usize) {
-            b.succeeded += r.get::<_, i64>(1);
-            b.failed += r.get::<_, i64>(2);
+            b.succeeded += r.get::<_, i64>("succeeded");
+            b.failed += r.get::<_, i64>("failed");
         }
     }
     let mut counts = RunCounts::default();
@@ -181,17 +182,19 @@ async fn run_counts(c: &impl Db, owner: Option<Uuid>) -> Result<RunCounts, Error
 async fn worker_counts(c: &impl Db) -> Result<WorkerCounts, Error> {
     let st = c
         .prepare_cached(
-            "SELECT count(*) FILTER (WHERE last_seen > now() - make_interval(secs => $1) AND state <> 'stopped'),
-                    count(*),
+            "SELECT count(*) FILTER (WHERE last_seen > now() - make_interval(secs => $1) AND state <> 'stopped')
+                        AS alive,
+                    count(*) AS total,
                     coalesce((SELECT max(last_seen) > now() - interval '30 seconds' FROM scheduler_heartbeat), false)
+                        AS scheduler_alive
                FROM worker_heartbeat",
         )
         .await?;
     let r = c.query_one(&st, &[&WORKER_ALIVE_SECONDS]).await?;
     Ok(WorkerCounts {
-        alive: r.get(0),
-        total: r.get(1),
-        scheduler_alive: r.get(2),
+        alive: r.get("alive"),
+        total: r.get("total"),
+        scheduler_alive: r.get("scheduler_alive"),
     })
 }
 
@@ -208,12 +211,12 @@ async fn next_fires(c: &impl Db, owner: Option<Uuid>) -> Result<Vec<NextFire>, E
         .await?
         .iter()
         .map(|r| NextFire {
-            task_id: r.get(0),
-            title: r.get(1),
-            schedule_kind: r.get(2),
-            schedule_expr: r.get(3),
-            timezone: r.get(4),
-            next_run_at: r.get(5),
+            task_id: r.get("id"),
+            title: r.get("title"),
+            schedule_kind: r.get("schedule_kind"),
+            schedule_expr: r.get("schedule_expr"),
+            timezone: r.get("timezone"),
+            next_run_at: r.get("next_run_at"),
         })
         .collect())
 }
@@ -321,7 +324,7 @@ pub async fn agent_names(c: &impl Db, ids: &[Uuid]) -> Result<HashMap<Uuid, Stri
     Ok(c.query(&st, &[&ids])
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r.get("id"), r.get("name")))
         .collect())
 }
 
@@ -329,7 +332,7 @@ pub async fn agent_name(c: &impl Db, id: Uuid) -> Result<Option<String>, Error> 
     let st = c
         .prepare_cached("SELECT name FROM agent WHERE id = $1")
         .await?;
-    Ok(c.query_opt(&st, &[&id]).await?.map(|r| r.get(0)))
+    Ok(c.query_opt(&st, &[&id]).await?.map(|r| r.get("name")))
 }
 
 pub async fn facets(
@@ -352,12 +355,12 @@ pub async fn facets(
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&owner];
     let (tz, owners) = tokio::try_join!(c.query(&tz, &params), c.query(&owners, &params))?;
     Ok((
-        tz.iter().map(|r| r.get(0)).collect(),
+        tz.iter().map(|r| r.get("timezone")).collect(),
         owners
             .iter()
             .map(|r| OwnerRef {
-                id: r.get(0),
-                name: r.get(1),
+                id: r.get("id"),
+                name: r.get("name"),
             })
             .collect(),
     ))
@@ -433,7 +436,7 @@ pub async fn task_titles(c: &impl Db, ids: &[Uuid]) -> Result<HashMap<Uuid, Stri
     Ok(c.query(&st, &[&ids])
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r.get("id"), r.get("title")))
         .collect())
 }
 
@@ -445,6 +448,6 @@ pub async fn owned_tasks(c: &impl Db, ids: &[Uuid], owner: Uuid) -> Result<Vec<U
     Ok(c.query(&st, &[&ids, &owner])
         .await?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| r.get("id"))
         .collect())
 }

@@ -8,13 +8,22 @@ use tokio_postgres::Error;
 use uuid::Uuid;
 
 use super::rows::{RunChild, RunParent};
+use crate::model::TaskStatus;
 use deadpool_postgres::GenericClient as Db;
 
-/// A task `after` may name: (id, name, status).
+/// A task `after` may name.
 pub struct ParentRef {
     pub id: Uuid,
     pub name: Option<String>,
-    pub status: String,
+    pub status: TaskStatus,
+}
+
+fn parent_ref(r: &tokio_postgres::Row) -> ParentRef {
+    ParentRef {
+        id: r.get("id"),
+        name: r.get("name"),
+        status: r.get("status"),
+    }
 }
 
 /// The task with this id that `owner` (None = any, for admins) may see.
@@ -28,11 +37,10 @@ pub async fn parent_by_id(
             "SELECT id, name, status FROM task WHERE id = $1 AND ($2::uuid IS NULL OR created_by = $2)",
         )
         .await?;
-    Ok(c.query_opt(&st, &[&id, &owner]).await?.map(|r| ParentRef {
-        id: r.get(0),
-        name: r.get(1),
-        status: r.get(2),
-    }))
+    Ok(c.query_opt(&st, &[&id, &owner])
+        .await?
+        .as_ref()
+        .map(parent_ref))
 }
 
 /// The task of `created_by` named `name`.
@@ -46,11 +54,8 @@ pub async fn parent_by_name(
         .await?;
     Ok(c.query_opt(&st, &[&created_by, &name])
         .await?
-        .map(|r| ParentRef {
-            id: r.get(0),
-            name: r.get(1),
-            status: r.get(2),
-        }))
+        .as_ref()
+        .map(parent_ref))
 }
 
 /// Serializes every change of the dependency graph that could close a cycle (two concurrent edits each adding
@@ -83,7 +88,9 @@ pub async fn find_cycle(
     let rows = c.query(&st, &[&parents_vec, &task]).await?;
     let mut up: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
     for r in &rows {
-        up.entry(r.get(0)).or_default().push(r.get(1));
+        up.entry(r.get("task_id"))
+            .or_default()
+            .push(r.get("parent_task_id"));
     }
     for (i, start) in parents.iter().enumerate() {
         // Breadth-first from the new parent up through its ancestors, looking for `task`.
@@ -121,13 +128,13 @@ pub async fn find_cycle(
 /// Display names (name, else id) of tasks.
 pub async fn labels(c: &impl Db, ids: &[Uuid]) -> Result<HashMap<Uuid, String>, Error> {
     let st = c
-        .prepare_cached("SELECT id, coalesce(name, id::text) FROM task WHERE id = ANY($1)")
+        .prepare_cached("SELECT id, coalesce(name, id::text) AS label FROM task WHERE id = ANY($1)")
         .await?;
     let ids = ids.to_vec();
     Ok(c.query(&st, &[&ids])
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r.get("id"), r.get("label")))
         .collect())
 }
 
@@ -148,7 +155,7 @@ pub async fn forget_parent(c: &impl Db, parent: Uuid) -> Result<Vec<Uuid>, Error
     Ok(c.query(&st, &[&parent])
         .await?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| r.get("id"))
         .collect())
 }
 
@@ -164,11 +171,11 @@ pub async fn drop_for_cancel(c: &impl Db, task: Uuid) -> Result<(i64, i64), Erro
                   WHERE task_id = $1 AND state IN ('waiting', 'unmet', 'held')
                  RETURNING 1
              )
-             SELECT (SELECT count(*) FROM edges), (SELECT count(*) FROM gates)",
+             SELECT (SELECT count(*) FROM edges) AS edges, (SELECT count(*) FROM gates) AS gates",
         )
         .await?;
     let r = c.query_one(&st, &[&task]).await?;
-    Ok((r.get(0), r.get(1)))
+    Ok((r.get("edges"), r.get("gates")))
 }
 
 /// The parents of a run: every parent's final outcome in the run's trace, as its task saw them.
@@ -188,14 +195,14 @@ pub async fn run_parents(c: &impl Db, task: Uuid, trace: Uuid) -> Result<Vec<Run
         .await?
         .iter()
         .map(|r| RunParent {
-            task_id: r.get(0),
-            task_name: r.get(1),
-            task_title: r.get(2),
-            outcome: r.get(3),
-            condition_met: r.get(4),
-            run_id: r.get(5),
-            due_work_id: r.get(6),
-            condition: r.get(7),
+            task_id: r.get("parent_task_id"),
+            task_name: r.get("name"),
+            task_title: r.get("title"),
+            outcome: r.get("outcome"),
+            condition_met: r.get("met"),
+            run_id: r.get("parent_run_id"),
+            due_work_id: r.get("parent_due_work_id"),
+            condition: r.get("condition"),
         })
         .collect())
 }
@@ -208,7 +215,7 @@ pub async fn run_children(c: &impl Db, run_id: i64) -> Result<Vec<RunChild>, Err
             "SELECT a.task_id, t.name, t.title, a.met, g.state, e.condition,
                     ARRAY(SELECT r.id FROM task_run r
                            WHERE r.task_id = a.task_id AND r.trace_id = a.trace_id AND r.id > $1
-                           ORDER BY r.id LIMIT 100)
+                           ORDER BY r.id LIMIT 100) AS run_ids
                FROM dependency_arrival a
                LEFT JOIN task t ON t.id = a.task_id
                LEFT JOIN dependency_gate g ON g.task_id = a.task_id AND g.trace_id = a.trace_id
@@ -221,13 +228,13 @@ pub async fn run_children(c: &impl Db, run_id: i64) -> Result<Vec<RunChild>, Err
         .await?
         .iter()
         .map(|r| RunChild {
-            task_id: r.get(0),
-            task_name: r.get(1),
-            task_title: r.get(2),
-            condition_met: r.get(3),
-            gate: r.get(4),
-            condition: r.get(5),
-            run_ids: r.get(6),
+            task_id: r.get("task_id"),
+            task_name: r.get("name"),
+            task_title: r.get("title"),
+            condition_met: r.get("met"),
+            gate: r.get("state"),
+            condition: r.get("condition"),
+            run_ids: r.get("run_ids"),
         })
         .collect())
 }

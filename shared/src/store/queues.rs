@@ -42,9 +42,10 @@ done AS (
        AND ($1::text IS NULL OR t.queue = $1)
      GROUP BY t.queue
 )
-SELECT n.name, q.max_concurrency, coalesce(q.paused, false), q.rate_limit, q.rate_period_seconds,
-       coalesce(w.ready, 0), coalesce(w.scheduled, 0), coalesce(w.running, 0), coalesce(w.dead, 0), w.lag,
-       coalesce(x.finished, 0), q.created_at, q.updated_at, q.key_rate_limit, q.key_rate_period_seconds
+SELECT n.name, q.max_concurrency, coalesce(q.paused, false) AS paused, q.rate_limit, q.rate_period_seconds,
+       coalesce(w.ready, 0) AS ready, coalesce(w.scheduled, 0) AS scheduled, coalesce(w.running, 0) AS running,
+       coalesce(w.dead, 0) AS dead, w.lag, coalesce(x.finished, 0) AS finished, q.created_at, q.updated_at,
+       q.key_rate_limit, q.key_rate_period_seconds
   FROM names n
   LEFT JOIN queue q ON q.name = n.name
   LEFT JOIN work w ON w.queue = n.name
@@ -60,28 +61,24 @@ fn rate(limit: Option<i32>, period: Option<f64>) -> Option<RateLimit> {
 }
 
 fn from_row(r: &Row) -> NamedQueue {
-    let limit: Option<i32> = r.get(3);
-    let period: Option<f64> = r.get(4);
     NamedQueue {
-        name: r.get(0),
-        max_concurrency: r.get(1),
-        paused: r.get(2),
-        rate_limit: limit.zip(period).map(|(limit, period_seconds)| RateLimit {
-            limit,
-            period_seconds,
-        }),
-        ready: r.get(5),
-        scheduled: r.get(6),
-        running: r.get(7),
-        dead: r.get(8),
-        lag_seconds: r.get(9),
-        finished_last_minute: r.get(10),
-        created_at: r.get(11),
-        updated_at: r.get(12),
-        key_rate_limit: rate(r.get(13), r.get(14)),
+        name: r.get("name"),
+        max_concurrency: r.get("max_concurrency"),
+        paused: r.get("paused"),
+        rate_limit: rate(r.get("rate_limit"), r.get("rate_period_seconds")),
+        ready: r.get("ready"),
+        scheduled: r.get("scheduled"),
+        running: r.get("running"),
+        dead: r.get("dead"),
+        lag_seconds: r.get("lag"),
+        finished_last_minute: r.get("finished"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+        key_rate_limit: rate(r.get("key_rate_limit"), r.get("key_rate_period_seconds")),
     }
 }
 
+/// Every queue with settings or work, by name.
 pub async fn list(c: &impl Db) -> Result<Vec<NamedQueue>, Error> {
     let st = c.prepare_cached(LIST).await?;
     Ok(c.query(&st, &[&None::<String>])
@@ -91,6 +88,7 @@ pub async fn list(c: &impl Db) -> Result<Vec<NamedQueue>, Error> {
         .collect())
 }
 
+/// One queue (None: it has neither settings nor work).
 pub async fn get(c: &impl Db, name: &str) -> Result<Option<NamedQueue>, Error> {
     let st = c.prepare_cached(LIST).await?;
     Ok(c.query_opt(&st, &[&Some(name)])
@@ -107,18 +105,11 @@ pub async fn lock_settings(c: &impl Db, name: &str) -> Result<Option<QueueSettin
                FROM queue WHERE name = $1 FOR UPDATE",
         )
         .await?;
-    Ok(c.query_opt(&st, &[&name]).await?.map(|r| {
-        let limit: Option<i32> = r.get(2);
-        let period: Option<f64> = r.get(3);
-        QueueSettings {
-            max_concurrency: r.get(0),
-            paused: r.get(1),
-            rate_limit: limit.zip(period).map(|(limit, period_seconds)| RateLimit {
-                limit,
-                period_seconds,
-            }),
-            key_rate_limit: rate(r.get(4), r.get(5)),
-        }
+    Ok(c.query_opt(&st, &[&name]).await?.map(|r| QueueSettings {
+        max_concurrency: r.get("max_concurrency"),
+        paused: r.get("paused"),
+        rate_limit: rate(r.get("rate_limit"), r.get("rate_period_seconds")),
+        key_rate_limit: rate(r.get("key_rate_limit"), r.get("key_rate_period_seconds")),
     }))
 }
 

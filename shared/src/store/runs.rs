@@ -48,7 +48,7 @@ pub async fn list(
         .await?;
     let count = c
         .prepare_cached(&format!(
-            "SELECT count(*) FROM task_run r JOIN task t ON t.id = r.task_id WHERE {RUN_WHERE}"
+            "SELECT count(*) AS total FROM task_run r JOIN task t ON t.id = r.task_id WHERE {RUN_WHERE}"
         ))
         .await?;
     let total: i64 = c
@@ -57,7 +57,7 @@ pub async fn list(
             &[&f.task_id, &f.success, &f.since, &f.until, &f.owner],
         )
         .await?
-        .get(0);
+        .get("total");
     Ok((
         rows.iter()
             .map(|r| Run::from_row(r, include_errors))

@@ -231,7 +231,7 @@ pub async fn list(c: &impl Db, f: &TaskFilter, page: Page) -> Result<(Vec<Task>,
         )
         .await?;
     let count = c
-        .prepare_cached(&format!("SELECT count(*) FROM task WHERE {WHERE}"))
+        .prepare_cached(&format!("SELECT count(*) AS total FROM task WHERE {WHERE}"))
         .await?;
     let total: i64 = c
         .query_one(
@@ -245,7 +245,7 @@ pub async fn list(c: &impl Db, f: &TaskFilter, page: Page) -> Result<(Vec<Task>,
             ],
         )
         .await?
-        .get(0);
+        .get("total");
     Ok((
         rows.iter().map(|r| TaskRow::from_row(r).task).collect(),
         total,
@@ -284,7 +284,7 @@ pub async fn find_duplicate(
     Ok(
         c.query_opt(&st, &[&created_by, &key, &window_seconds, &exclude])
             .await?
-            .map(|r| r.get(0)),
+            .map(|r| r.get("id")),
     )
 }
 
@@ -302,7 +302,7 @@ pub async fn find_by_name(
         .await?;
     Ok(c.query_opt(&st, &[&created_by, &name, &exclude])
         .await?
-        .map(|r| r.get(0)))
+        .map(|r| r.get("id")))
 }
 
 /// Inserts the task and its audit record in one statement (atomic without an explicit transaction).
@@ -483,10 +483,10 @@ pub async fn active_event_tasks(
         .map(|r| {
             (
                 TaskRef {
-                    id: r.get(0),
-                    title: r.get(1),
+                    id: r.get("id"),
+                    title: r.get("title"),
                 },
-                r.get(2),
+                r.get("schedule_expr"),
             )
         })
         .collect())

@@ -25,10 +25,10 @@ pub async fn token_by_hash(c: &impl Db, hash: &[u8]) -> Result<Option<TokenLooku
         )
         .await?;
     Ok(c.query_opt(&st, &[&hash]).await?.map(|r| TokenLookup {
-        token_id: r.get(0),
-        agent_id: r.get(1),
-        scopes: r.get(2),
-        last_used_at: r.get(3),
+        token_id: r.get("id"),
+        agent_id: r.get("agent_id"),
+        scopes: r.get("scopes"),
+        last_used_at: r.get("last_used_at"),
     }))
 }
 
@@ -77,11 +77,11 @@ pub async fn insert_token(
 
 fn token_from_row(r: &tokio_postgres::Row) -> Token {
     Token {
-        id: r.get(0),
-        agent_id: r.get(1),
-        created_at: r.get(2),
-        last_used_at: r.get(3),
-        expires_at: r.get(4),
+        id: r.get("id"),
+        agent_id: r.get("agent_id"),
+        created_at: r.get("created_at"),
+        last_used_at: r.get("last_used_at"),
+        expires_at: r.get("expires_at"),
     }
 }
 

@@ -437,7 +437,7 @@ async fn resolve_after(
             ));
             continue;
         };
-        if p.status == TaskStatus::Canceled.as_str() {
+        if p.status == TaskStatus::Canceled {
             errors.push(FieldError::new(
                 field,
                 format!("task {} is canceled and never runs again", task),
