@@ -326,7 +326,24 @@ async fn dependents_are_started_exactly_once_when_workers_are_killed_around_thei
             .then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Nothing can run again once no work of the three tasks is left: a claim whose completion died with its
+    // worker stays leased until its lease expires, is claimed again and settles; wait for that, not a fixed time.
+    wait_for(
+        "no work of the chain left",
+        Duration::from_secs(30),
+        || async {
+            (count(
+                &c,
+                &format!(
+                "SELECT count(*) FROM due_work WHERE task_id IN ('{root}', '{middle}', '{leaf}')"
+            ),
+            )
+            .await
+                == 0)
+                .then_some(())
+        },
+    )
+    .await;
     for (task, what) in [(root, "root"), (middle, "middle"), (leaf, "leaf")] {
         let rows = c
             .query(

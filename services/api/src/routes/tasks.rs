@@ -1334,7 +1334,7 @@ pub async fn schedule(
     caller.require(Scope::TasksRead)?;
     let id = path_uuid(&path, "id")?;
     let count = q.int("count", 1, 1000, 10)? as usize;
-    let after = q.instant("after")?.unwrap_or_else(Utc::now);
+    let after = q.instant("after")?.unwrap_or_else(|| state.clock.now());
     let client = state.db().await?;
     let row = visible_task(&client, &caller, id).await?;
     let s = validation::parse_schedule(
