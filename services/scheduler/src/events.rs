@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use orrery::clock::Clock;
 use orrery::schedule::TopicPattern;
+use orrery::store::outbox;
 use orrery::store::work::Delivery;
 use orrery::streams::{Redis, EVENTS};
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
@@ -59,20 +60,10 @@ pub async fn deliver(pool: &Pool, events: &[Event], clock: &Clock) -> anyhow::Re
     }
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let tasks = tx
-        .query(
-            "SELECT id, schedule_expr FROM task WHERE status = 'active' AND schedule_kind = 'event'",
-            &[],
-        )
-        .await?;
+    let tasks = outbox::active_event_tasks(&tx).await?;
     let patterns: Vec<(Uuid, Option<TopicPattern>)> = tasks
         .iter()
-        .map(|r| {
-            (
-                r.get("id"),
-                TopicPattern::parse(r.get::<_, &str>("schedule_expr")).ok(),
-            )
-        })
+        .map(|t| (t.id, TopicPattern::parse(&t.schedule_expr).ok()))
         .collect();
     let mut deliveries = Vec::new();
     for ev in events {
@@ -97,11 +88,7 @@ pub async fn deliver(pool: &Pool, events: &[Event], clock: &Clock) -> anyhow::Re
     let created = orrery::store::work::deliver(&tx, &deliveries, clock).await?;
     // Delivered: the relay never publishes these again.
     let event_ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-    tx.execute(
-        "UPDATE event_outbox SET delivered_at = now() WHERE event_id = ANY($1) AND delivered_at IS NULL",
-        &[&event_ids],
-    )
-    .await?;
+    outbox::mark_delivered(&tx, &event_ids).await?;
     tx.commit().await?;
     orrery::metrics::FIRES_MATERIALIZED
         .with_label_values(&["event"])

@@ -1,12 +1,13 @@
 //! Maintenance jobs on tokio-cron-scheduler: the scheduler heartbeat (which the API's `/health` reads),
 //! retention pruning of `task_run`, `audit_log`, `event_delivery` and the dependency gates and arrivals (idempotent batched deletes, safe with
 //! several schedulers), and trimming of the `events` stream that never removes entries still pending for the
-//! consumer group.
+//! consumer group. The SQL is in `orrery::store::maintenance`.
 
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use orrery::config::Settings;
+use orrery::store::maintenance as store;
 use orrery::streams::{Redis, EVENTS};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
@@ -27,30 +28,14 @@ impl Maintenance {
         let host = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
-        client
-            .execute(
-                "INSERT INTO scheduler_heartbeat (instance_id, hostname, pid) VALUES ($1, $2, $3)
-                 ON CONFLICT (instance_id) DO UPDATE SET last_seen = now()",
-                &[&self.instance_id, &host, &(std::process::id() as i32)],
-            )
-            .await?;
-        client
-            .execute(
-                "DELETE FROM scheduler_heartbeat WHERE last_seen < now() - interval '1 day'",
-                &[],
-            )
+        store::scheduler_heartbeat(&client, &self.instance_id, &host, std::process::id() as i32)
             .await?;
         Ok(())
     }
 
     pub async fn stop_heartbeat(&self) {
         if let Ok(client) = self.pool.get().await {
-            let _ = client
-                .execute(
-                    "DELETE FROM scheduler_heartbeat WHERE instance_id = $1",
-                    &[&self.instance_id],
-                )
-                .await;
+            let _ = store::remove_scheduler_heartbeat(&client, &self.instance_id).await;
         }
     }
 
@@ -59,54 +44,7 @@ impl Maintenance {
         let client = self.pool.get().await?;
         let runs_days = self.settings.retention_runs_days as i32;
         let audit_days = self.settings.retention_audit_days as i32;
-        let jobs: [(&str, i32); 6] = [
-            (
-                "DELETE FROM event_outbox WHERE id IN (
-                   SELECT id FROM event_outbox WHERE delivered_at < now() - make_interval(days => $1) LIMIT $2)",
-                runs_days,
-            ),
-            (
-                "DELETE FROM task_run WHERE id IN (
-                   SELECT id FROM task_run WHERE finished_at < now() - make_interval(days => $1) LIMIT $2)",
-                runs_days,
-            ),
-            (
-                "DELETE FROM audit_log WHERE id IN (
-                   SELECT id FROM audit_log WHERE created_at < now() - make_interval(days => $1) LIMIT $2)",
-                audit_days,
-            ),
-            (
-                "DELETE FROM event_delivery WHERE (task_id, event_id) IN (
-                   SELECT task_id, event_id FROM event_delivery
-                    WHERE created_at < now() - make_interval(days => $1) LIMIT $2)",
-                runs_days,
-            ),
-            // Dependencies (docs/flow-control.md#dependencies): gates and arrivals go with the run history, except a
-            // gate held for a paused dependent (its work would be lost).
-            (
-                "DELETE FROM dependency_arrival WHERE (task_id, trace_id, parent_task_id) IN (
-                   SELECT task_id, trace_id, parent_task_id FROM dependency_arrival
-                    WHERE arrived_at < now() - make_interval(days => $1) LIMIT $2)",
-                runs_days,
-            ),
-            (
-                "DELETE FROM dependency_gate WHERE (task_id, trace_id) IN (
-                   SELECT task_id, trace_id FROM dependency_gate
-                    WHERE created_at < now() - make_interval(days => $1) AND state <> 'held' LIMIT $2)",
-                runs_days,
-            ),
-        ];
-        let mut total = 0;
-        for (sql, days) in jobs {
-            loop {
-                let n = client.execute(sql, &[&days, &PRUNE_BATCH]).await?;
-                total += n;
-                if n < PRUNE_BATCH as u64 {
-                    break;
-                }
-            }
-        }
-        Ok(total)
+        Ok(store::prune(&client, runs_days, audit_days, PRUNE_BATCH).await?)
     }
 
     /// Caps the `events` stream at about RETENTION_STREAM_MAX_LEN entries, never cutting an entry the

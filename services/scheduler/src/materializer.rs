@@ -14,6 +14,7 @@ use deadpool_postgres::Pool;
 use orrery::clock::Clock;
 use orrery::model::{Catchup, Trigger, CATCHUP_ALL_LIMIT};
 use orrery::schedule::{parse_timezone, Schedule, ScheduleKind};
+use orrery::store::materialize::{self, CursorMove};
 use orrery::store::tasks::{self, MissedFire};
 use orrery::store::work::{self, NewWork, Ready};
 use uuid::Uuid;
@@ -34,7 +35,7 @@ pub struct PassStats {
 }
 
 struct Cached {
-    key: (String, String, String, DateTime<Utc>),
+    key: (ScheduleKind, String, String, DateTime<Utc>),
     schedule: Schedule,
 }
 
@@ -157,21 +158,18 @@ impl Materializer {
     fn schedule_for(
         &self,
         id: Uuid,
-        kind: &str,
+        kind: ScheduleKind,
         expr: &str,
         tz: &str,
         anchor: DateTime<Utc>,
     ) -> Result<Schedule, String> {
-        let key = (kind.to_string(), expr.to_string(), tz.to_string(), anchor);
+        let key = (kind, expr.to_string(), tz.to_string(), anchor);
         let mut cache = self.cache.lock().expect("schedule cache");
         if let Some(c) = cache.get(&id) {
             if c.key == key {
                 return Ok(c.schedule.clone());
             }
         }
-        let kind: ScheduleKind = kind
-            .parse()
-            .map_err(|e: orrery::schedule::ScheduleError| e.message)?;
         let tz = parse_timezone(tz).map_err(|e| e.message)?;
         let schedule = Schedule::parse(kind, expr, tz, anchor).map_err(|e| e.message)?;
         if cache.len() > 500_000 {
@@ -191,62 +189,47 @@ impl Materializer {
     pub async fn pass(&self) -> anyhow::Result<PassStats> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let now_stmt = tx
-            .prepare_cached("SELECT coalesce($1::timestamptz, now())")
-            .await?;
-        let now: DateTime<Utc> = tx
-            .query_one(&now_stmt, &[&self.clock.param()])
-            .await?
-            .get(0);
+        let now = materialize::now(&tx, &self.clock).await?;
         let horizon = now + self.lookahead;
-        let stmt = tx
-            .prepare_cached(
-                "SELECT id, schedule_kind, schedule_expr, timezone, schedule_anchor,
-                        coalesce(materialized_until, created_at) AS cursor, catchup, misfire_grace_seconds
-                   FROM task
-                  WHERE status = 'active' AND schedule_kind <> 'event'
-                    AND (next_fire_at IS NULL OR next_fire_at <= $1)
-                  ORDER BY next_fire_at NULLS FIRST
-                  LIMIT $2
-                    FOR UPDATE SKIP LOCKED",
-            )
-            .await?;
-        let rows = tx.query(&stmt, &[&horizon, &self.batch]).await?;
+        let due = materialize::lock_due_tasks(&tx, horizon, self.batch).await?;
         let mut stats = PassStats {
-            tasks: rows.len(),
+            tasks: due.len(),
             ..PassStats::default()
         };
-        if rows.is_empty() {
+        if due.is_empty() {
             tx.commit().await?;
             return Ok(stats);
         }
 
-        // The work to enqueue, and the columns of the cursor update and the misfire records.
+        // The work to enqueue, the cursor moves and the misfire records.
         let mut work: Vec<NewWork> = Vec::new();
-        let (mut u_id, mut u_until, mut u_next, mut u_exhausted, mut u_run) =
-            (vec![], vec![], vec![], vec![], vec![]);
+        let mut moves: Vec<CursorMove> = Vec::with_capacity(due.len());
         let mut missed: Vec<MissedFire> = Vec::new();
 
-        for row in &rows {
-            let id: Uuid = row.get("id");
-            let kind: String = row.get("schedule_kind");
-            let expr: String = row.get("schedule_expr");
-            let tz: String = row.get("timezone");
-            let anchor: DateTime<Utc> = row.get("schedule_anchor");
-            let cursor: DateTime<Utc> = row.get("cursor");
-            let catchup: Catchup = row.try_get("catchup")?;
-            let grace: i32 = row.get("misfire_grace_seconds");
+        for task in &due {
+            let id = task.id;
+            let cursor = task.cursor;
+            let catchup = task.catchup;
+            let grace = task.misfire_grace_seconds;
 
-            let schedule = match self.schedule_for(id, &kind, &expr, &tz, anchor) {
+            let schedule = match self.schedule_for(
+                id,
+                task.schedule_kind,
+                &task.schedule_expr,
+                &task.timezone,
+                task.schedule_anchor,
+            ) {
                 Ok(s) => s,
                 Err(e) => {
                     // Validated at write time, so this is a bug or a hand-edited row: park the task, loudly.
                     tracing::error!(task_id = %id, error = %e, "unparseable schedule; task parked until edited");
-                    u_id.push(id);
-                    u_until.push(cursor);
-                    u_next.push(None);
-                    u_exhausted.push(true);
-                    u_run.push(None);
+                    moves.push(CursorMove {
+                        task_id: id,
+                        materialized_until: cursor,
+                        next_fire_at: None,
+                        exhausted: true,
+                        next_run_at: None,
+                    });
                     continue;
                 }
             };
@@ -290,28 +273,18 @@ impl Materializer {
                 });
             }
             stats.misfires += p.misfire_count;
-            u_id.push(id);
-            u_until.push(p.materialized_until);
-            u_next.push(p.next_fire);
-            u_exhausted.push(p.exhausted);
-            u_run.push(p.fires.first().map(|f| f.0).or(p.next_fire));
+            moves.push(CursorMove {
+                task_id: id,
+                materialized_until: p.materialized_until,
+                next_fire_at: p.next_fire,
+                exhausted: p.exhausted,
+                next_run_at: p.fires.first().map(|f| f.0).or(p.next_fire),
+            });
         }
 
         stats.fires = work::enqueue(&tx, &work, &self.clock).await?.len() as u64;
         tasks::record_missed_fires(&tx, &missed, &self.clock).await?;
-        let update = tx
-            .prepare_cached(
-                "UPDATE task t
-                    SET materialized_until = u.mu,
-                        next_fire_at = CASE WHEN u.ex THEN 'infinity'::timestamptz ELSE u.nf END,
-                        next_run_at = u.nr
-                   FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::bool[], $5::timestamptz[])
-                        AS u(id, mu, nf, ex, nr)
-                  WHERE t.id = u.id",
-            )
-            .await?;
-        tx.execute(&update, &[&u_id, &u_until, &u_next, &u_exhausted, &u_run])
-            .await?;
+        materialize::advance_cursors(&tx, &moves).await?;
         tx.commit().await?;
 
         orrery::metrics::FIRES_MATERIALIZED

@@ -13,10 +13,9 @@
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use orrery::store::outbox::{self, Relayed};
 use orrery::streams::{event_fields, Redis, EVENTS};
-use serde_json::Value;
 use tokio::sync::watch;
-use uuid::Uuid;
 
 /// Rows per relay transaction.
 pub const RELAY_BATCH: i64 = 200;
@@ -31,53 +30,31 @@ pub async fn relay_once(
 ) -> anyhow::Result<usize> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let rows = tx
-        .query(
-            "SELECT id, event_id, topic, payload, published_by, published_at FROM event_outbox
-              WHERE delivered_at IS NULL
-                AND ((relayed_at IS NULL AND (claimed_until IS NULL OR claimed_until < now()))
-                     OR relayed_at < now() - make_interval(secs => $1::int))
-              ORDER BY id
-              LIMIT $2
-                FOR UPDATE SKIP LOCKED",
-            &[&redeliver_seconds, &RELAY_BATCH],
-        )
-        .await?;
-    if rows.is_empty() {
+    let batch = outbox::lock_relay_batch(&tx, redeliver_seconds, RELAY_BATCH).await?;
+    if batch.is_empty() {
         return Ok(0);
     }
-    let mut ids = Vec::with_capacity(rows.len());
-    let mut stream_ids = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let id: i64 = r.get("id");
-        let event_id: String = r.get("event_id");
-        let topic: String = r.get("topic");
-        let payload: Value = r.get("payload");
-        let by: Option<Uuid> = r.get("published_by");
+    let mut relayed = Vec::with_capacity(batch.len());
+    for ev in &batch {
         let fields = event_fields(
-            &event_id,
-            &topic,
-            &payload,
-            by.map(|u| u.to_string()).as_deref(),
-            r.get("published_at"),
+            &ev.event_id,
+            &ev.topic,
+            &ev.payload,
+            ev.published_by.map(|u| u.to_string()).as_deref(),
+            ev.published_at,
         );
         // A failure here rolls back: nothing is marked, the next pass tries again.
         let stream_id = redis.xadd(EVENTS, None, &fields).await?;
-        ids.push(id);
-        stream_ids.push(stream_id);
+        relayed.push(Relayed {
+            id: ev.id,
+            stream_id,
+        });
     }
-    tx.execute(
-        "UPDATE event_outbox o SET relayed_at = now(), relay_count = o.relay_count + 1, stream_id = s.stream_id,
-                claimed_until = NULL
-           FROM unnest($1::bigint[], $2::text[]) AS s(id, stream_id)
-          WHERE o.id = s.id",
-        &[&ids, &stream_ids],
-    )
-    .await?;
+    outbox::mark_relayed(&tx, &relayed).await?;
     tx.commit().await?;
-    orrery::metrics::EVENTS_RELAYED.inc_by(ids.len() as u64);
-    tracing::info!(events = ids.len(), "events relayed from the outbox");
-    Ok(ids.len())
+    orrery::metrics::EVENTS_RELAYED.inc_by(relayed.len() as u64);
+    tracing::info!(events = relayed.len(), "events relayed from the outbox");
+    Ok(relayed.len())
 }
 
 /// Relays until `stop`; survives Redis and PostgreSQL outages by retrying.

@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use deadpool_postgres::Pool;
 use orrery::queue::ClaimedWork;
+use orrery::store;
 use orrery::streams::{event_fields, Redis, EVENTS, RUNS, RUNS_MAXLEN};
 use serde_json::Value;
 use tokio::sync::{mpsc, Mutex};
@@ -143,6 +143,8 @@ impl OutboxSink {
     }
 }
 
+/// How long a step holds its event before a relay may publish it.
+const RELAY_HOLD_SECONDS: i32 = 5;
 /// How long a step tries the stream itself before leaving the event to the relay.
 const STREAM_ATTEMPT: Duration = Duration::from_millis(500);
 
@@ -151,15 +153,16 @@ impl EventSink for OutboxSink {
         Box::pin(async move {
             let event_id = Uuid::new_v4().to_string();
             let client = self.pool.get().await.map_err(|e| e.to_string())?;
-            let published_at: chrono::DateTime<Utc> = client
-                .query_one(
-                    "INSERT INTO event_outbox (event_id, topic, payload, claimed_until)
-                     VALUES ($1, $2, $3, now() + interval '5 seconds') RETURNING published_at",
-                    &[&event_id, &topic, &payload],
-                )
-                .await
-                .map_err(|e| e.to_string())?
-                .get(0);
+            let published_at = store::outbox::insert(
+                &client,
+                &event_id,
+                &topic,
+                &payload,
+                None,
+                RELAY_HOLD_SECONDS,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             let fields = event_fields(
                 &event_id,
                 &topic,
@@ -167,34 +170,20 @@ impl EventSink for OutboxSink {
                 Some(&self.published_by),
                 published_at,
             );
-            let stream_id = match tokio::time::timeout(
-                STREAM_ATTEMPT,
-                self.redis.xadd(EVENTS, None, &fields),
-            )
-            .await
-            {
-                Ok(Ok(id)) => {
-                    let _ = client
-                        .execute(
-                            "UPDATE event_outbox SET relayed_at = now(), relay_count = relay_count + 1,
-                                    stream_id = $2, claimed_until = NULL
-                              WHERE event_id = $1",
-                            &[&event_id, &id],
-                        )
-                        .await;
-                    Some(id)
-                }
-                _ => {
-                    // Stored: the relay publishes it (now, rather than after the hold).
-                    let _ = client
-                        .execute(
-                            "UPDATE event_outbox SET claimed_until = NULL WHERE event_id = $1 AND relayed_at IS NULL",
-                            &[&event_id],
-                        )
-                        .await;
-                    None
-                }
-            };
+            let stream_id =
+                match tokio::time::timeout(STREAM_ATTEMPT, self.redis.xadd(EVENTS, None, &fields))
+                    .await
+                {
+                    Ok(Ok(id)) => {
+                        let _ = store::outbox::mark_published(&client, &event_id, &id).await;
+                        Some(id)
+                    }
+                    _ => {
+                        // Stored: the relay publishes it (now, rather than after the hold).
+                        let _ = store::outbox::release(&client, &event_id).await;
+                        None
+                    }
+                };
             Ok(Published {
                 event_id,
                 stream_id,

@@ -1,18 +1,33 @@
-//! The storage seam: every statement that writes `due_work`, `task_run`, `event_delivery` and the task
-//! lifecycle lives below this module, so the data model's rules are written once.
+//! The storage seam: every statement on `task`, `due_work`, `task_run`, `event_delivery`, the event outbox,
+//! dependencies and the queue tables lives below this module, so the data model's rules are written once. The
+//! API, the scheduler and the worker call it and hold no SQL of their own for these tables.
 //!
 //! - [`work`]: `enqueue` (the one place that copies a task's policies onto its work and derives the implicit
 //!   concurrency key), restamping, removal of unleased work (pause, cancel, schedule edits), snooze, backfill,
 //!   event delivery, and the dead-letter actions (replay, delete).
 //! - [`queue`]: the worker's side: claim, complete, reschedule, dead, lease renewal, release, heartbeat.
-//! - [`tasks`]: task lifecycle writes (status, cursor) and the scheduler's completion.
+//! - [`tasks`]: the task row (reads, create, edit, delete) and its lifecycle writes (status, cursor), the
+//!   scheduler's completion.
+//! - [`dependencies`]: `after` resolution, the cycle check, edges and gates on cancel and delete, a run's parents
+//!   and children.
+//! - [`queues`], [`backlog`], [`runs`], [`console`]: the queue settings and figures, the queue summary and dead
+//!   letters, `task_run` reads, the operator console's reads; [`rows`]: the shapes they answer.
+//! - [`materialize`]: the materializer's clock read, its batch of due tasks (`FOR UPDATE SKIP LOCKED`) and its
+//!   cursor moves.
+//! - [`outbox`]: the event outbox as the scheduler sees it: the relay's batch and its record of the XADDs, the
+//!   event consumer's active event tasks and its record of delivered events.
+//! - [`maintenance`]: the scheduler's heartbeat and retention pruning.
 //!
 //! Every function takes any client or transaction (`GenericClient`), binds the injected clock
-//! (`coalesce($n::timestamptz, now())`), and maps rows by column name.
+//! (`coalesce($n::timestamptz, now())`; the outbox and maintenance statements use the database's `now()`, for
+//! the reasons their module docs give), and maps rows by column name.
 
 pub mod backlog;
 pub mod console;
 pub mod dependencies;
+pub mod maintenance;
+pub mod materialize;
+pub mod outbox;
 pub mod queue;
 pub mod queues;
 pub mod rows;

@@ -3,7 +3,6 @@
 
 pub mod agents;
 pub mod audit;
-pub mod events;
 pub mod secrets;
 
 use chrono::{DateTime, Utc};

@@ -90,12 +90,12 @@ pub async fn publish(
     let event_id = Uuid::new_v4();
     // The event is stored with its audit record in one transaction (the outbox); accepted means stored. This
     // request holds it for a few seconds to put it on the stream itself; if it cannot, a scheduler's relay will.
-    let published_at = db::events::insert_outbox(
+    let published_at = store::outbox::insert(
         &tx,
-        event_id,
+        &event_id.to_string(),
         &topic,
         &payload,
-        caller.agent_id,
+        Some(caller.agent_id),
         RELAY_HOLD_SECONDS,
     )
     .await?;
@@ -130,7 +130,8 @@ pub async fn publish(
     });
     let stream_id = match published {
         Ok(id) => {
-            if let Err(e) = db::events::mark_relayed(&client, event_id, &id).await {
+            if let Err(e) = store::outbox::mark_published(&client, &event_id.to_string(), &id).await
+            {
                 // The relay will publish it again after the hold; consumers deliver once per event id.
                 tracing::warn!(error = %e, %event_id, "event published but not marked as relayed");
             }
@@ -138,7 +139,7 @@ pub async fn publish(
         }
         Err(e) => {
             tracing::warn!(error = %e, %event_id, "Redis unavailable: the event waits in the outbox for the relay");
-            if let Err(e) = db::events::release(&client, event_id).await {
+            if let Err(e) = store::outbox::release(&client, &event_id.to_string()).await {
                 tracing::warn!(error = %e, %event_id, "could not release the event to the relay early");
             }
             None
