@@ -63,6 +63,13 @@ impl<T> Field<T> {
             Field::Absent => Field::Absent,
         }
     }
+
+    /// Applies the field to a stored value: set replaces, absent keeps.
+    pub fn apply_to(self, target: &mut T) {
+        if let Field::Set(v) = self {
+            *target = v;
+        }
+    }
 }
 
 /// A field that is absent, `null` (clears the value) or set.
@@ -435,6 +442,12 @@ pub fn type_name(v: &Value) -> &'static str {
 /// A string of `MIN..=MAX` characters (Unicode scalar values, as JSON Schema counts them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Text<const MIN: usize, const MAX: usize>(pub String);
+
+impl<const MIN: usize, const MAX: usize> Text<MIN, MAX> {
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
 
 impl<const MIN: usize, const MAX: usize> FieldValue for Text<MIN, MAX> {
     fn read(v: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<Self> {

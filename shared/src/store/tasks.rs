@@ -11,6 +11,7 @@ use deadpool_postgres::GenericClient;
 use deadpool_postgres::GenericClient as Db;
 use serde_json::Value;
 use std::sync::LazyLock;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Error;
 use uuid::Uuid;
 /// Writes a task's new status; `cursor_to` moves the materialization cursor (resume), `next_run_at` is written
@@ -305,6 +306,64 @@ pub async fn find_by_name(
         .map(|r| r.get("id")))
 }
 
+/// The columns a client writes, in the order [`TaskValues::params`] binds them: `$1` to `$21` of the insert and
+/// of the update.
+const VALUE_COLUMNS: [&str; 21] = [
+    "title",
+    "description",
+    "created_by",
+    "schedule_kind",
+    "schedule_expr",
+    "timezone",
+    "payload",
+    "priority",
+    "dedupe_key",
+    "dedupe_window_seconds",
+    "max_retries",
+    "backoff_strategy",
+    "concurrency_key",
+    "timeout_seconds",
+    "misfire_grace_seconds",
+    "catchup",
+    "overlap",
+    "name",
+    "after",
+    "queue",
+    "rate_key",
+];
+
+impl TaskValues {
+    /// The values of [`VALUE_COLUMNS`], in order, followed by a statement's own parameters.
+    fn params<'a>(&'a self, extra: &[&'a (dyn ToSql + Sync)]) -> Vec<&'a (dyn ToSql + Sync)> {
+        let mut p: Vec<&(dyn ToSql + Sync)> = vec![
+            &self.title,
+            &self.description,
+            &self.created_by,
+            &self.schedule_kind,
+            &self.schedule_expr,
+            &self.timezone,
+            &self.payload,
+            &self.priority,
+            &self.dedupe_key,
+            &self.dedupe_window_seconds,
+            &self.max_retries,
+            &self.backoff_strategy,
+            &self.concurrency_key,
+            &self.timeout_seconds,
+            &self.misfire_grace_seconds,
+            &self.catchup,
+            &self.overlap,
+            &self.name,
+            &self.after,
+            &self.queue,
+            &self.rate_key,
+        ];
+        debug_assert_eq!(p.len(), VALUE_COLUMNS.len());
+        p.extend_from_slice(extra);
+        p
+    }
+}
+
 /// Inserts the task and its audit record in one statement (atomic without an explicit transaction).
 /// `schedule_anchor` is the database's now; `materialized_until` is `until` or now.
 pub async fn insert_audited(
@@ -316,59 +375,50 @@ pub async fn insert_audited(
 ) -> Result<TaskRow, Error> {
     let st = c.prepare_cached(&INSERT_AUDITED).await?;
     let row = c
-        .query_one(
-            &st,
-            &[
-                &v.title,
-                &v.description,
-                &v.created_by,
-                &v.schedule_kind.as_str(),
-                &v.schedule_expr,
-                &v.timezone,
-                &v.payload,
-                &v.priority,
-                &v.dedupe_key,
-                &v.dedupe_window_seconds,
-                &v.max_retries,
-                &v.backoff_strategy.as_str(),
-                &v.concurrency_key,
-                &v.timeout_seconds,
-                &v.misfire_grace_seconds,
-                &v.catchup.as_str(),
-                &v.overlap.as_str(),
-                &until,
-                &next_run_at,
-                &actor,
-                &v.name,
-                &v.after,
-                &v.queue,
-                &v.rate_key,
-            ],
-        )
+        .query_one(&st, &v.params(&[&until, &next_run_at, &actor]))
         .await?;
     Ok(TaskRow::from_row(&row))
 }
 
+/// `$1`..`$21`: the values; `$22` materialized_until (null: now), `$23` next_run_at, `$24` the actor.
 static INSERT_AUDITED: LazyLock<String> = LazyLock::new(|| {
+    let placeholders: Vec<String> = (1..=VALUE_COLUMNS.len()).map(|i| format!("${i}")).collect();
     format!(
-            "WITH t AS (
-               INSERT INTO task (title, description, created_by, schedule_kind, schedule_expr, timezone, payload,
-                                 priority, dedupe_key, dedupe_window_seconds, max_retries, backoff_strategy,
-                                 concurrency_key, timeout_seconds, misfire_grace_seconds, catchup, overlap,
-                                 schedule_anchor, materialized_until, next_run_at, name, after, queue, rate_key)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                       now(), coalesce($18, now()), $19, $21, $22, $23, $24)
-               RETURNING {TASK_COLUMNS}
-             ), named_queue AS (
-               INSERT INTO queue (name) VALUES ($23) ON CONFLICT (name) DO NOTHING
-             ), audit AS (
-               INSERT INTO audit_log (actor, action, subject_type, subject_id, details)
-               SELECT $20, 'task.create', 'task', t.id::text,
-                      jsonb_build_object('title', t.title, 'name', t.name, 'schedule_kind', t.schedule_kind,
-                                         'created_by', t.created_by)
-                 FROM t
-             )
-             SELECT {TASK_COLUMNS} FROM t"
+        "WITH t AS (
+           INSERT INTO task ({columns}, schedule_anchor, materialized_until, next_run_at)
+           VALUES ({placeholders}, now(), coalesce($22, now()), $23)
+           RETURNING {TASK_COLUMNS}
+         ), named_queue AS (
+           INSERT INTO queue (name) VALUES ($20) ON CONFLICT (name) DO NOTHING
+         ), audit AS (
+           INSERT INTO audit_log (actor, action, subject_type, subject_id, details)
+           SELECT $24, 'task.create', 'task', t.id::text,
+                  jsonb_build_object('title', t.title, 'name', t.name, 'schedule_kind', t.schedule_kind,
+                                     'created_by', t.created_by)
+             FROM t
+         )
+         SELECT {TASK_COLUMNS} FROM t",
+        columns = VALUE_COLUMNS.join(", "),
+        placeholders = placeholders.join(", "),
+    )
+});
+
+/// `$1`..`$21`: the values; `$22` the task, `$23` whether the cursor resets, then its anchor, cursor and next run.
+static UPDATE: LazyLock<String> = LazyLock::new(|| {
+    let set: Vec<String> = VALUE_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c} = ${}", i + 1))
+        .collect();
+    format!(
+        "UPDATE task SET {set},
+                schedule_anchor = CASE WHEN $23 THEN $24 ELSE schedule_anchor END,
+                materialized_until = CASE WHEN $23 THEN $25 ELSE materialized_until END,
+                next_run_at = CASE WHEN $23 THEN $26 ELSE next_run_at END,
+                updated_at = now()
+          WHERE id = $22
+         RETURNING {TASK_COLUMNS}",
+        set = set.join(", "),
     )
 });
 
@@ -379,57 +429,14 @@ pub async fn update(
     v: &TaskValues,
     cursor: Option<Cursor>,
 ) -> Result<TaskRow, Error> {
-    let st = c
-        .prepare_cached(&format!(
-            "UPDATE task SET title = $2, description = $3, created_by = $4, schedule_kind = $5, schedule_expr = $6,
-                    timezone = $7, payload = $8, priority = $9, dedupe_key = $10, dedupe_window_seconds = $11,
-                    max_retries = $12, backoff_strategy = $13, concurrency_key = $14, timeout_seconds = $15,
-                    misfire_grace_seconds = $16, catchup = $17, overlap = $18,
-                    schedule_anchor = CASE WHEN $19 THEN $20 ELSE schedule_anchor END,
-                    materialized_until = CASE WHEN $19 THEN $21 ELSE materialized_until END,
-                    next_run_at = CASE WHEN $19 THEN $22 ELSE next_run_at END,
-                    name = $23, after = $24, queue = $25, rate_key = $26, updated_at = now()
-              WHERE id = $1
-             RETURNING {TASK_COLUMNS}"
-        ))
-        .await?;
+    let st = c.prepare_cached(&UPDATE).await?;
     let reset = cursor.is_some();
     let anchor = cursor.map(|c| c.schedule_anchor);
     let until = cursor.map(|c| c.materialized_until);
     let next = cursor.and_then(|c| c.next_run_at);
     ensure_queue(c, &v.queue).await?;
     let row = c
-        .query_one(
-            &st,
-            &[
-                &id,
-                &v.title,
-                &v.description,
-                &v.created_by,
-                &v.schedule_kind.as_str(),
-                &v.schedule_expr,
-                &v.timezone,
-                &v.payload,
-                &v.priority,
-                &v.dedupe_key,
-                &v.dedupe_window_seconds,
-                &v.max_retries,
-                &v.backoff_strategy.as_str(),
-                &v.concurrency_key,
-                &v.timeout_seconds,
-                &v.misfire_grace_seconds,
-                &v.catchup.as_str(),
-                &v.overlap.as_str(),
-                &reset,
-                &anchor,
-                &until,
-                &next,
-                &v.name,
-                &v.after,
-                &v.queue,
-                &v.rate_key,
-            ],
-        )
+        .query_one(&st, &v.params(&[&id, &reset, &anchor, &until, &next]))
         .await?;
     Ok(TaskRow::from_row(&row))
 }

@@ -164,60 +164,50 @@ impl TaskBody {
     /// The stored values after this body: set fields replace, null clears a nullable one, absent ones stay.
     /// `after` is resolved against the database by the caller (`resolve_after`), so it is left out.
     fn apply(self, mut v: TaskValues) -> TaskValues {
-        self.name.map(|n| n.into_string()).apply_to(&mut v.name);
-        if let Field::Set(Text(t)) = self.title {
-            v.title = t;
-        }
-        if let Field::Set(Text(t)) = self.description {
-            v.description = t;
-        }
-        if let Field::Set(Choice(k)) = self.schedule_kind {
-            v.schedule_kind = k;
-        }
-        if let Field::Set(Text(e)) = self.schedule_expr {
-            v.schedule_expr = e;
-        }
-        if let Field::Set(Text(tz)) = self.timezone {
-            v.timezone = tz;
-        }
-        if let Field::Set(JsonObject(p)) = self.payload {
-            v.payload = p;
-        }
-        if let Field::Set(Int(p)) = self.priority {
-            v.priority = p as i16;
-        }
-        self.dedupe_key.map(|t| t.0).apply_to(&mut v.dedupe_key);
-        if let Field::Set(Int(n)) = self.dedupe_window_seconds {
-            v.dedupe_window_seconds = n as i32;
-        }
-        if let Field::Set(Int(n)) = self.max_retries {
-            v.max_retries = n as i16;
-        }
-        if let Field::Set(Choice(b)) = self.backoff_strategy {
-            v.backoff_strategy = b;
-        }
+        self.name.map(Name::into_string).apply_to(&mut v.name);
+        self.title.map(Text::into_string).apply_to(&mut v.title);
+        self.description
+            .map(Text::into_string)
+            .apply_to(&mut v.description);
+        self.schedule_kind
+            .map(|Choice(k)| k)
+            .apply_to(&mut v.schedule_kind);
+        self.schedule_expr
+            .map(Text::into_string)
+            .apply_to(&mut v.schedule_expr);
+        self.timezone
+            .map(Text::into_string)
+            .apply_to(&mut v.timezone);
+        self.payload.map(|JsonObject(p)| p).apply_to(&mut v.payload);
+        self.priority
+            .map(|Int(p)| p as i16)
+            .apply_to(&mut v.priority);
+        self.dedupe_key
+            .map(Text::into_string)
+            .apply_to(&mut v.dedupe_key);
+        self.dedupe_window_seconds
+            .map(|Int(n)| n as i32)
+            .apply_to(&mut v.dedupe_window_seconds);
+        self.max_retries
+            .map(|Int(n)| n as i16)
+            .apply_to(&mut v.max_retries);
+        self.backoff_strategy
+            .map(|Choice(b)| b)
+            .apply_to(&mut v.backoff_strategy);
         self.concurrency_key
-            .map(|t| t.0)
+            .map(Text::into_string)
             .apply_to(&mut v.concurrency_key);
-        if let Field::Set(Int(n)) = self.timeout_seconds {
-            v.timeout_seconds = n as i32;
-        }
-        if let Field::Set(Int(n)) = self.misfire_grace_seconds {
-            v.misfire_grace_seconds = n as i32;
-        }
-        if let Field::Set(Choice(c)) = self.catchup {
-            v.catchup = c;
-        }
-        if let Field::Set(Choice(o)) = self.overlap {
-            v.overlap = o;
-        }
-        if let Field::Set(q) = self.queue {
-            v.queue = q.into_string();
-        }
-        self.rate_key.map(|r| r.0).apply_to(&mut v.rate_key);
-        if let Field::Set(Id(by)) = self.created_by {
-            v.created_by = by;
-        }
+        self.timeout_seconds
+            .map(|Int(n)| n as i32)
+            .apply_to(&mut v.timeout_seconds);
+        self.misfire_grace_seconds
+            .map(|Int(n)| n as i32)
+            .apply_to(&mut v.misfire_grace_seconds);
+        self.catchup.map(|Choice(c)| c).apply_to(&mut v.catchup);
+        self.overlap.map(|Choice(o)| o).apply_to(&mut v.overlap);
+        self.queue.map(Name::into_string).apply_to(&mut v.queue);
+        self.rate_key.map(|RateKey(r)| r).apply_to(&mut v.rate_key);
+        self.created_by.map(|Id(by)| by).apply_to(&mut v.created_by);
         v
     }
 }
