@@ -3,6 +3,46 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A type stored as text: read with `FromStr` (a spelling it does not know is a row-mapping error naming the
+/// value, never a silent default) and bound with `as_str`.
+macro_rules! sql_text {
+    ($name:ident) => {
+        impl<'a> tokio_postgres::types::FromSql<'a> for $name {
+            fn from_sql(
+                ty: &tokio_postgres::types::Type,
+                raw: &'a [u8],
+            ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+                let text = <&str as tokio_postgres::types::FromSql>::from_sql(ty, raw)?;
+                Ok(text
+                    .parse::<$name>()
+                    .map_err(|e| format!("{}: {e}", stringify!($name)))?)
+            }
+
+            fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+                <&str as tokio_postgres::types::FromSql>::accepts(ty)
+            }
+        }
+
+        impl tokio_postgres::types::ToSql for $name {
+            fn to_sql(
+                &self,
+                ty: &tokio_postgres::types::Type,
+                out: &mut bytes::BytesMut,
+            ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
+            {
+                self.as_str().to_sql(ty, out)
+            }
+
+            fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+                <&str as tokio_postgres::types::ToSql>::accepts(ty)
+            }
+
+            tokio_postgres::types::to_sql_checked!();
+        }
+    };
+}
+pub(crate) use sql_text;
+
 macro_rules! string_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$m])*
@@ -36,38 +76,7 @@ macro_rules! string_enum {
             }
         }
 
-        /// Read straight from a text column: a spelling the enum does not know is a row-mapping error
-        /// naming the value, never a silent default.
-        impl<'a> tokio_postgres::types::FromSql<'a> for $name {
-            fn from_sql(
-                ty: &tokio_postgres::types::Type,
-                raw: &'a [u8],
-            ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-                let text = <&str as tokio_postgres::types::FromSql>::from_sql(ty, raw)?;
-                Ok(text.parse::<$name>().map_err(|e| format!("{}: {e}", stringify!($name)))?)
-            }
-
-            fn accepts(ty: &tokio_postgres::types::Type) -> bool {
-                <&str as tokio_postgres::types::FromSql>::accepts(ty)
-            }
-        }
-
-        /// Bound as its stored spelling.
-        impl tokio_postgres::types::ToSql for $name {
-            fn to_sql(
-                &self,
-                ty: &tokio_postgres::types::Type,
-                out: &mut bytes::BytesMut,
-            ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-                self.as_str().to_sql(ty, out)
-            }
-
-            fn accepts(ty: &tokio_postgres::types::Type) -> bool {
-                <&str as tokio_postgres::types::ToSql>::accepts(ty)
-            }
-
-            tokio_postgres::types::to_sql_checked!();
-        }
+        sql_text!($name);
 
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

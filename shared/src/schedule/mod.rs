@@ -46,40 +46,8 @@ impl ScheduleKind {
     }
 }
 
-/// Read straight from `task.schedule_kind`: a spelling the engine does not know is a row-mapping error naming
-/// the value, never a silent default.
-impl<'a> tokio_postgres::types::FromSql<'a> for ScheduleKind {
-    fn from_sql(
-        ty: &tokio_postgres::types::Type,
-        raw: &'a [u8],
-    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        let text = <&str as tokio_postgres::types::FromSql>::from_sql(ty, raw)?;
-        Ok(text
-            .parse::<ScheduleKind>()
-            .map_err(|e| format!("ScheduleKind: {}", e.message))?)
-    }
-
-    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
-        <&str as tokio_postgres::types::FromSql>::accepts(ty)
-    }
-}
-
-/// Bound as its stored spelling.
-impl tokio_postgres::types::ToSql for ScheduleKind {
-    fn to_sql(
-        &self,
-        ty: &tokio_postgres::types::Type,
-        out: &mut bytes::BytesMut,
-    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        self.as_str().to_sql(ty, out)
-    }
-
-    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
-        <&str as tokio_postgres::types::ToSql>::accepts(ty)
-    }
-
-    tokio_postgres::types::to_sql_checked!();
-}
+// Read straight from `task.schedule_kind` and bound as its spelling.
+crate::model::sql_text!(ScheduleKind);
 
 impl fmt::Display for ScheduleKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
