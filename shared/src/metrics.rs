@@ -65,6 +65,14 @@ pub static NAMED_QUEUE_LAG: LazyLock<GaugeVec> = LazyLock::new(|| {
     .expect("metric registers")
 });
 
+pub static WORKER_CLAIMS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "orrery_worker_claims_total",
+        "claim statements the worker ran (each looks at every queue it serves, whether or not it finds work)"
+    )
+    .expect("metric registers")
+});
+
 pub static FIRES_MATERIALIZED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "orrery_scheduler_fires_materialized_total",

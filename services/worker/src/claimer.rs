@@ -263,7 +263,7 @@ async fn claim(
     plain: bool,
 ) -> anyhow::Result<queue::ClaimOutcome> {
     let client = conn.get(&claimer.db).await?;
-    Ok(queue::claim_batch(
+    let outcome = queue::claim_batch(
         client,
         &claimer.db.worker_id,
         claimer.settings.lease_seconds,
@@ -273,7 +273,9 @@ async fn claim(
         flow_first,
         plain,
     )
-    .await?)
+    .await?;
+    orrery::metrics::WORKER_CLAIMS.inc();
+    Ok(outcome)
 }
 
 async fn idle_wait(

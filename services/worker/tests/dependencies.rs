@@ -236,8 +236,11 @@ async fn a_fan_in_runs_once_per_trace_after_all_its_parents_of_that_trace() {
         5 * 5,
     )
     .await;
-    // Give a duplicate the chance to show up.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No duplicate can show up once no work of these tasks is left.
+    wait_for("no work left", Duration::from_secs(30), || async {
+        (count(&c, "SELECT count(*) FROM due_work").await == 0).then_some(())
+    })
+    .await;
     let rows = c
         .query(
             "SELECT task_id, trace_id, started_at, finished_at FROM task_run WHERE success",

@@ -56,7 +56,7 @@ async fn rows_take_their_tasks_queue_and_a_worker_serves_only_its_worker_queues(
         5,
         "the trigger copies the task's queue onto its rows"
     );
-    let _w = start_worker(
+    let w = start_worker(
         &db,
         &prefix,
         &[
@@ -73,9 +73,8 @@ async fn rows_take_their_tasks_queue_and_a_worker_serves_only_its_worker_queues(
         5,
     )
     .await;
-    // A claim after the heavy rows (wake it and let it look) still leaves the default queue alone.
-    hint(&prefix).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // A claim after the heavy rows still leaves the default queue alone.
+    await_fresh_claim(&w, &prefix).await;
     assert_eq!(
         count(
             &c,
@@ -115,7 +114,7 @@ async fn a_paused_queue_keeps_its_work_waiting_and_resuming_runs_all_of_it() {
         .unwrap();
     insert_many(&c, task, 20).await;
     insert_many(&c, other, 3).await;
-    let _w = start_worker(&db, &prefix, &[("WORKER_POLL_INTERVAL", "0.1")]).await;
+    let w = start_worker(&db, &prefix, &[("WORKER_POLL_INTERVAL", "0.1")]).await;
     hint(&prefix).await;
     wait_count(
         &c,
@@ -124,7 +123,7 @@ async fn a_paused_queue_keeps_its_work_waiting_and_resuming_runs_all_of_it() {
         3,
     )
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    await_fresh_claim(&w, &prefix).await;
     assert_eq!(
         count(
             &c,

@@ -293,3 +293,21 @@ impl TestHttp {
             .count()
     }
 }
+
+/// Waits until `worker` has finished a claim that it began after this call: its claims counter moves past the
+/// value read now (a claim already under way when it is read counts once, so two are awaited), waking it with a
+/// hint each time. The way to show that a worker looked at some work and left it alone, without sleeping.
+pub async fn await_fresh_claim(worker: &Service, prefix: &str) {
+    let before = worker
+        .metric("orrery_worker_claims_total")
+        .await
+        .unwrap_or(0.0);
+    for step in 1..=2 {
+        hint(prefix).await;
+        orrery_testing::wait_for("the worker to claim again", WAIT, || async {
+            let now = worker.metric("orrery_worker_claims_total").await?;
+            (now >= before + step as f64).then_some(())
+        })
+        .await;
+    }
+}
