@@ -350,11 +350,15 @@ macro_rules! request_body {
             ) -> Self {
                 $name {
                     $(
-                        $field: <$ty as $crate::body::Slot>::read(
-                            obj.get(stringify!($field)),
-                            &$crate::body::join(prefix, stringify!($field)),
-                            errors,
-                        ),
+                        // An absent field needs no path (most fields of most bodies are absent).
+                        $field: match obj.get(stringify!($field)) {
+                            None => <$ty>::default(),
+                            raw => <$ty as $crate::body::Slot>::read(
+                                raw,
+                                &$crate::body::join(prefix, stringify!($field)),
+                                errors,
+                            ),
+                        },
                     )*
                 }
             }
