@@ -443,6 +443,9 @@ pub fn type_name(v: &Value) -> &'static str {
     }
 }
 
+/// Strings are stored in PostgreSQL, which cannot hold a NUL character: the schema says so.
+const NO_NUL: &str = "^[^\\u0000]*$";
+
 /// A string of `MIN..=MAX` characters (Unicode scalar values, as JSON Schema counts them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Text<const MIN: usize, const MAX: usize>(pub String);
@@ -480,6 +483,7 @@ impl<const MIN: usize, const MAX: usize> FieldValue for Text<MIN, MAX> {
             string_schema()
                 .min_length((MIN > 0).then_some(MIN))
                 .max_length(Some(MAX))
+                .pattern(Some(NO_NUL))
                 .build(),
         )
     }

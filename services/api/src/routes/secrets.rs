@@ -63,7 +63,7 @@ fn keyring(state: &AppState) -> ApiResult<orrery::secrets::Keyring> {
 }
 
 #[utoipa::path(put, path = "/secrets/{name}", tag = "secrets", request_body = SecretPut,
-    params(("name" = String, Path, description = "A-Z a-z 0-9 _, at most 64"),
+    params(("name" = String, Path, pattern = "^[A-Za-z_][A-Za-z0-9_]{0,63}$", description = "A-Z a-z 0-9 _, at most 64, not starting with a digit"),
         ("owner" = Option<Uuid>, Query, description = "Admins: the agent the secret belongs to (default: the caller)")),
     description = "Creates or replaces a secret (201 created, 200 replaced). The value is encrypted at rest and never returned.",
     responses((status = 200, body = SecretInfo), (status = 201, body = SecretInfo), (status = 400, body = ErrorEnvelope),
@@ -144,7 +144,7 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/secrets/{name}", tag = "secrets",
-    params(("name" = String, Path), ("owner" = Option<Uuid>, Query)),
+    params(("name" = String, Path, pattern = "^[A-Za-z_][A-Za-z0-9_]{0,63}$"), ("owner" = Option<Uuid>, Query)),
     responses((status = 200, body = SecretInfo), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
     security(("bearer" = [])))]
@@ -166,7 +166,7 @@ pub async fn get(
 }
 
 #[utoipa::path(delete, path = "/secrets/{name}", tag = "secrets",
-    params(("name" = String, Path), ("owner" = Option<Uuid>, Query)),
+    params(("name" = String, Path, pattern = "^[A-Za-z_][A-Za-z0-9_]{0,63}$"), ("owner" = Option<Uuid>, Query)),
     responses((status = 204), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
     security(("bearer" = [])))]
