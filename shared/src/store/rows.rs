@@ -9,7 +9,9 @@ use tokio_postgres::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::model::{BackoffStrategy, Catchup, Overlap, TaskStatus};
+use crate::model::{
+    BackoffStrategy, Catchup, DependencyCondition, Overlap, TaskStatus, Trigger, WorkerState,
+};
 use crate::schedule::ScheduleKind;
 
 /// A task as the API shows it.
@@ -71,8 +73,8 @@ pub struct Dependency {
     /// The parent's id (resolved when the task was written).
     pub task_id: Uuid,
     /// success, failure (the parent is dead: retries exhausted or a permanent error) or any.
-    #[schema(pattern = "^(success|failure|any)$")]
-    pub condition: String,
+    #[schema(value_type = String, pattern = "^(success|failure|any)$")]
+    pub condition: DependencyCondition,
     /// Templates over the parent's run (`${steps.<name>...}`, `${params...}`, `${task...}`, `${run.outcome}`,
     /// `${run.error}`) rendered into this task's params for the dependent run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,7 +89,8 @@ pub struct RunParent {
     pub task_name: Option<String>,
     pub task_title: Option<String>,
     /// The edge's condition (null if the edge was removed since).
-    pub condition: Option<String>,
+    #[schema(value_type = Option<String>, pattern = "^(success|failure|any)$")]
+    pub condition: Option<DependencyCondition>,
     /// succeeded or dead.
     pub outcome: String,
     pub condition_met: bool,
@@ -102,7 +105,8 @@ pub struct RunChild {
     pub task_id: Uuid,
     pub task_name: Option<String>,
     pub task_title: Option<String>,
-    pub condition: Option<String>,
+    #[schema(value_type = Option<String>, pattern = "^(success|failure|any)$")]
+    pub condition: Option<DependencyCondition>,
     pub condition_met: bool,
     /// The dependent's gate in this trace: waiting (other parents have not settled), unmet, held (the dependent
     /// is paused), fired or dropped (the dependent is canceled).
@@ -178,7 +182,9 @@ pub struct Run {
     pub due_work_id: Option<i64>,
     pub attempt: i32,
     pub worker_id: Option<String>,
-    pub trigger: String,
+    /// schedule, manual, event, retry or dependency.
+    #[schema(value_type = String, pattern = "^(schedule|manual|event|retry|dependency)$")]
+    pub trigger: Trigger,
     pub scheduled_for: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: DateTime<Utc>,
@@ -286,7 +292,9 @@ pub struct DeadWork {
     pub run_at: DateTime<Utc>,
     pub ready_at: DateTime<Utc>,
     pub priority: i32,
-    pub trigger: String,
+    /// schedule, manual, event, retry or dependency.
+    #[schema(value_type = String, pattern = "^(schedule|manual|event|retry|dependency)$")]
+    pub trigger: Trigger,
     pub attempt: i32,
     pub event_id: Option<String>,
     pub params: Option<Value>,
@@ -332,7 +340,8 @@ pub struct Worker {
     pub failed: i64,
     pub in_flight: i32,
     /// starting, running, draining or stopped.
-    pub state: String,
+    #[schema(value_type = String, pattern = "^(starting|running|draining|stopped)$")]
+    pub state: WorkerState,
     /// Seen within the last 15 s (three heartbeat intervals).
     pub alive: bool,
 }
