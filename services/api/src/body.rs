@@ -277,9 +277,6 @@ impl ReadOnly {
 
 /// Reads a whole request body: one 422 listing every problem, or the typed body.
 pub fn read_body<B: Body>(v: &Value, required: &[&str], read_only: &ReadOnly) -> ApiResult<B> {
-    if !v.is_object() {
-        return Err(ApiError::field("body", "must be a JSON object"));
-    }
     let mut errors = Vec::new();
     match read_object::<B>(v, "", required, read_only, &mut errors) {
         Some(b) if errors.is_empty() => Ok(b),

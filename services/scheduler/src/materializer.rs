@@ -14,6 +14,7 @@ use deadpool_postgres::Pool;
 use orrery::clock::Clock;
 use orrery::model::{Catchup, Trigger, CATCHUP_ALL_LIMIT};
 use orrery::schedule::{parse_timezone, Schedule, ScheduleKind};
+use orrery::store;
 use orrery::store::materialize::{self, CursorMove};
 use orrery::store::tasks::{self, MissedFire};
 use orrery::store::work::{self, NewWork, Ready};
@@ -189,7 +190,7 @@ impl Materializer {
     pub async fn pass(&self) -> anyhow::Result<PassStats> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let now = materialize::now(&tx, &self.clock).await?;
+        let now = store::now(&tx, &self.clock).await?;
         let horizon = now + self.lookahead;
         let due = materialize::lock_due_tasks(&tx, horizon, self.batch).await?;
         let mut stats = PassStats {

@@ -1,4 +1,4 @@
-//! The materializer's statements: the clock it plans against, the batch of time-based tasks whose next fire is
+//! The materializer's statements (it plans against `store::now`): the batch of time-based tasks whose next fire is
 //! inside the look-ahead (locked `FOR UPDATE SKIP LOCKED`, so any number of schedulers never meet), and the
 //! cursor moves written in the same transaction as the work (`work::enqueue`) and the misfire records
 //! (`tasks::record_missed_fires`).
@@ -8,18 +8,8 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Error;
 use uuid::Uuid;
 
-use crate::clock::Clock;
 use crate::model::Catchup;
 use crate::schedule::ScheduleKind;
-
-/// Now on the injected clock, as the database sees it (`Clock::Database`: the transaction's `now()`). Returns
-/// the instant the pass plans against.
-pub async fn now(c: &impl GenericClient, clock: &Clock) -> Result<DateTime<Utc>, Error> {
-    let st = c
-        .prepare_cached("SELECT coalesce($1::timestamptz, now()) AS now")
-        .await?;
-    Ok(c.query_one(&st, &[&clock.param()]).await?.get("now"))
-}
 
 /// A time-based task the materializer took, with what planning its fires needs.
 #[derive(Debug, Clone)]

@@ -35,6 +35,18 @@ pub mod runs;
 pub mod tasks;
 pub mod work;
 
+/// Now on the injected clock, as the database sees it (`Clock::Database`: the transaction's `now()`, so every
+/// statement of one transaction agrees), or a test's manual instant.
+pub async fn now(
+    c: &impl deadpool_postgres::GenericClient,
+    clock: &crate::clock::Clock,
+) -> Result<chrono::DateTime<chrono::Utc>, tokio_postgres::Error> {
+    let st = c
+        .prepare_cached("SELECT coalesce($1::timestamptz, now()) AS now")
+        .await?;
+    Ok(c.query_one(&st, &[&clock.param()]).await?.get("now"))
+}
+
 /// One page of a list: `limit` rows from `offset`.
 #[derive(Clone, Copy, Debug)]
 pub struct Page {

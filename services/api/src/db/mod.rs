@@ -5,19 +5,10 @@ pub mod agents;
 pub mod audit;
 pub mod secrets;
 
-use chrono::{DateTime, Utc};
 pub use deadpool_postgres::GenericClient as Db;
 use serde_json::Value;
 use tokio_postgres::Error;
 use uuid::Uuid;
-
-/// Now on the injected clock: the database's (inside a transaction: the transaction's start), or a test's manual instant.
-pub async fn now(c: &impl Db, clock: &orrery::clock::Clock) -> Result<DateTime<Utc>, Error> {
-    let st = c
-        .prepare_cached("SELECT coalesce($1::timestamptz, now())")
-        .await?;
-    Ok(c.query_one(&st, &[&clock.param()]).await?.get(0))
-}
 
 /// One audit record; call it inside the mutation's transaction.
 pub async fn audit(

@@ -2,6 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 use orrery::model::{Scope, SYSTEM_AGENT_ID};
+use orrery::store;
 use serde_json::{json, Value};
 use utoipa::openapi::schema::Schema;
 
@@ -347,7 +348,7 @@ pub async fn create_token(
     let token = generate_token();
     let mut client = state.db().await?;
     let tx = client.transaction().await?;
-    let now = db::now(&tx, &state.clock).await?;
+    let now = store::now(&tx, &state.clock).await?;
     let expires_at = match (expires_at, ttl) {
         (Some(at), _) if at <= now => {
             return Err(ApiError::field("expires_at", "must be in the future"))

@@ -856,7 +856,7 @@ pub async fn patch(
     let before = TaskValues::from_task(&row.task);
     let mut values = input.apply(before.clone());
     validation::normalize_payload(&mut values.payload);
-    let now = db::now(&tx, &state.clock).await?;
+    let now = store::now(&tx, &state.clock).await?;
     let schedule_changed = values.schedule_kind != before.schedule_kind
         || values.schedule_expr != before.schedule_expr
         || values.timezone != before.timezone;
@@ -1077,7 +1077,7 @@ async fn transition(
             store::tasks::set_status(&tx, id, to, None, None, &state.clock).await?;
         }
         PendingWork::RestartFromNow => {
-            let now = db::now(&tx, &state.clock).await?;
+            let now = store::now(&tx, &state.clock).await?;
             let schedule = validation::parse_schedule(
                 row.task.schedule_kind,
                 &row.task.schedule_expr,
@@ -1260,7 +1260,7 @@ pub async fn snooze(
                 (fire.id, fire.run_at, ready_at, row.task)
             }
             None => {
-                let now = db::now(&tx, &state.clock).await?;
+                let now = store::now(&tx, &state.clock).await?;
                 let schedule = validation::parse_schedule(
                     row.task.schedule_kind,
                     &row.task.schedule_expr,
@@ -1366,7 +1366,7 @@ pub async fn backfill(
     let row = store::tasks::lock(&tx, id, caller.owner_filter())
         .await?
         .ok_or_else(|| ApiError::not_found("Task", id))?;
-    let now = db::now(&tx, &state.clock).await?;
+    let now = store::now(&tx, &state.clock).await?;
     if to > now {
         return Err(ApiError::field(
             "to",
